@@ -1,0 +1,204 @@
+"""Crawl configuration: small, frozen, validated objects (no dict of strings)."""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal
+
+import httpx
+
+from ._version import __version__
+
+if TYPE_CHECKING:
+    from ._page import Page
+
+Scope = Literal["host", "domain", "any"]
+SCOPES: tuple[str, ...] = ("host", "domain", "any")
+
+DEFAULT_USER_AGENT = f"crawler/{__version__} (+https://pypi.org/project/crawler/; polite trio crawler)"
+MiB = 1024 * 1024
+
+
+def _check_number(name: str, value: object, *, minimum: float, integer: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    if integer and not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if math.isnan(value) or value < minimum:
+        raise ValueError(f"{name} must be >= {minimum:g}, got {value!r}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostLimits:
+    """Per-host overrides of the crawl-wide politeness limits (None = inherit)."""
+
+    rate: float | None = None
+    burst: int | None = None
+    per_host: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.rate is not None:
+            _check_number("rate", self.rate, minimum=0)
+            if math.isinf(self.rate):
+                raise ValueError("rate must be finite (use 0 for unlimited)")
+        if self.burst is not None:
+            _check_number("burst", self.burst, minimum=1, integer=True)
+        if self.per_host is not None:
+            _check_number("per_host", self.per_host, minimum=1, integer=True)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CrawlConfig:
+    """Everything a crawl needs to know. Frozen; bad values raise ValueError naming the field."""
+
+    seeds: tuple[str, ...]
+    max_pages: int | None = None
+    max_depth: int | None = None
+    concurrency: int = 32
+    per_host: int = 2
+    rate: float = 1.0
+    """Requests per second per host; 0 means unlimited."""
+    burst: int = 1
+    scope: Scope = "host"
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+    hosts: Mapping[str, HostLimits] = field(default_factory=dict)
+    """Per-host overrides, keyed by host name (``example.com``) or origin (``https://example.com:8443``)."""
+    user_agent: str = DEFAULT_USER_AGENT
+    obey_robots: bool = True
+    sitemaps: bool = False
+    retries: int = 2
+    max_bytes: int = 10 * MiB
+    timeout: float = 30.0
+    """Total deadline for one request: connect, send and read included."""
+    connect_timeout: float = 10.0
+    read_timeout: float = 15.0
+    """Longest silence between two reads of one response."""
+    max_redirects: int = 10
+    max_retry_after: float = 600.0
+    max_url_length: int = 2083
+    max_links_per_page: int = 10_000
+    result_buffer: int = 0
+    """Pages buffered for the consumer; 0 hands each page over directly (tightest backpressure)."""
+    keep_exchange: bool = False
+    """Keep raw request/response bytes on each Page (needed for WARC output)."""
+    state: Path | None = None
+    # Hooks (plain callables).
+    should_follow: Callable[[str, Page], bool] | None = None
+
+    def __post_init__(self) -> None:
+        seeds = self.seeds
+        if isinstance(seeds, str):
+            seeds = (seeds,)
+        object.__setattr__(self, "seeds", tuple(seeds))
+        for name in ("include", "exclude"):
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if not self.seeds:
+            raise ValueError("seeds must name at least one URL")
+        for seed in self.seeds:
+            if not isinstance(seed, str):
+                raise ValueError(f"seeds must be strings, got {seed!r}")
+            parsed = httpx.URL(seed) if _parses(seed) else None
+            if parsed is None or parsed.scheme not in ("http", "https") or not parsed.host:
+                raise ValueError(f"seeds: {seed!r} is not an absolute http(s) URL")
+        for name in ("max_pages", "max_depth"):
+            value = getattr(self, name)
+            if value is not None:
+                _check_number(name, value, minimum=0, integer=True)
+        _check_number("concurrency", self.concurrency, minimum=1, integer=True)
+        _check_number("per_host", self.per_host, minimum=1, integer=True)
+        _check_number("rate", self.rate, minimum=0)
+        if math.isinf(self.rate):
+            raise ValueError("rate must be finite (use 0 for unlimited)")
+        _check_number("burst", self.burst, minimum=1, integer=True)
+        if self.scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, got {self.scope!r}")
+        for name in ("include", "exclude"):
+            for pattern in getattr(self, name):
+                try:
+                    re.compile(pattern)
+                except (re.error, TypeError) as exc:
+                    raise ValueError(f"{name}: invalid regular expression {pattern!r}: {exc}") from None
+        hosts = dict(self.hosts)
+        for key, limits in hosts.items():
+            if not isinstance(limits, HostLimits):
+                raise ValueError(f"hosts[{key!r}] must be a HostLimits, got {limits!r}")
+        object.__setattr__(self, "hosts", MappingProxyType(hosts))
+        if not isinstance(self.user_agent, str) or not self.user_agent.strip():
+            raise ValueError("user_agent must be a non-empty string")
+        _check_number("retries", self.retries, minimum=0, integer=True)
+        _check_number("max_bytes", self.max_bytes, minimum=1, integer=True)
+        for name in ("timeout", "connect_timeout", "read_timeout", "max_retry_after"):
+            value = getattr(self, name)
+            _check_number(name, value, minimum=0)
+            if value == 0:
+                raise ValueError(f"{name} must be > 0, got {value!r}")
+        _check_number("max_redirects", self.max_redirects, minimum=0, integer=True)
+        _check_number("max_url_length", self.max_url_length, minimum=16, integer=True)
+        _check_number("max_links_per_page", self.max_links_per_page, minimum=0, integer=True)
+        _check_number("result_buffer", self.result_buffer, minimum=0, integer=True)
+        if self.state is not None:
+            object.__setattr__(self, "state", Path(self.state))
+
+    def limits_for(self, host: str, origin: str) -> tuple[float, int, int]:
+        """(rate, burst, per_host) for a host, after per-host overrides (origin beats host)."""
+        rate, burst, per_host = self.rate, self.burst, self.per_host
+        for key in (host, origin):
+            limits = self.hosts.get(key)
+            if limits is not None:
+                rate = limits.rate if limits.rate is not None else rate
+                burst = limits.burst if limits.burst is not None else burst
+                per_host = limits.per_host if limits.per_host is not None else per_host
+        return rate, burst, per_host
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> CrawlConfig:
+        """Build from a TOML-like mapping; unknown keys raise ValueError naming them."""
+        known = {f.name for f in fields(cls)}
+        merged = {**data, **{k: v for k, v in overrides.items() if v is not None}}
+        unknown = sorted(set(merged) - known)
+        if unknown:
+            raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+        hosts = merged.get("hosts")
+        if hosts is not None:
+            if not isinstance(hosts, Mapping):
+                raise ValueError("hosts must be a table of per-host limits")
+            converted: dict[str, HostLimits] = {}
+            for key, value in hosts.items():
+                if isinstance(value, HostLimits):
+                    converted[key] = value
+                    continue
+                if not isinstance(value, Mapping):
+                    raise ValueError(f"hosts.{key} must be a table")
+                bad = sorted(set(value) - {"rate", "burst", "per_host"})
+                if bad:
+                    raise ValueError(f"hosts.{key}: unknown setting(s): {', '.join(bad)}")
+                try:
+                    converted[key] = HostLimits(**value)
+                except ValueError as exc:
+                    raise ValueError(f"hosts.{key}.{exc}") from None
+            merged["hosts"] = converted
+        for key in ("seeds", "include", "exclude"):
+            if key in merged and isinstance(merged[key], list):
+                merged[key] = tuple(merged[key])
+        if "seeds" not in merged:
+            raise ValueError("seeds must name at least one URL")
+        return cls(**merged)
+
+
+def _parses(url: str) -> bool:
+    try:
+        httpx.URL(url)
+    except (httpx.InvalidURL, TypeError, ValueError):
+        return False
+    return True
+
+
+def iter_config_fields() -> Iterable[str]:
+    return (f.name for f in fields(CrawlConfig))
