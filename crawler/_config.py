@@ -85,7 +85,7 @@ class CrawlConfig:
     max_links_per_page: int = 10_000
     result_buffer: int = 0
     """Pages buffered for the consumer; 0 hands each page over directly (tightest backpressure)."""
-    keep_exchange: bool = False
+    keep_exchanges: bool = False
     """Keep raw request/response bytes on each Page (needed for WARC output)."""
     state: Path | None = None
     # Hooks (plain callables).

@@ -22,6 +22,7 @@ class ErrorKind(enum.StrEnum):
     REDIRECT_LOOP = "redirect_loop"
     BAD_REDIRECT = "bad_redirect"
     ROBOTS_UNAVAILABLE = "robots_unavailable"
+    ROBOTS_DISALLOWED = "robots_disallowed"
     RETRY_AFTER_TOO_LONG = "retry_after_too_long"
     HTTP = "http"
     DECODING = "decoding"
@@ -56,8 +57,9 @@ class Page:
     elapsed: float = 0.0
     fetched_at: dt.datetime = field(default_factory=lambda: dt.datetime.now(dt.UTC))
     error: PageError | None = None
-    # The exchange as sent and received, kept only when a sink asks for it (WARC).
-    exchange: Exchange | None = None
+    # Every HTTP exchange behind this record (robots.txt fetched for it, retries,
+    # redirect hops, the final response), kept only with CrawlConfig.keep_exchanges.
+    exchanges: tuple[Exchange, ...] = ()
 
     @property
     def ok(self) -> bool:

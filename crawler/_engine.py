@@ -1,0 +1,512 @@
+"""The crawl: one nursery, host dispatchers, workers, and two bounded channels.
+
+Each origin with queued work has one dispatcher task. It takes the host's
+CapacityLimiter slot, then a global slot, then the host's LeakyBucket slot, and
+only then hands the request to a worker over a zero-buffer channel. A host
+waiting for its rate slot holds no global slot, so it never parks a worker
+while another host has work ready. Workers fetch, settle the outcome (page,
+retry or redirect hop) and send pages to the consumer over a bounded channel.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from collections import Counter
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import httpx
+import trio
+
+from ._config import CrawlConfig
+from ._fetch import Fetched, Fetcher
+from ._frontier import Frontier, Host, Request
+from ._links import is_html, parse_html
+from ._page import ErrorKind, HostStatistics, Page, PageError, Statistics
+from ._retry import (
+    RETRY_ERRORS,
+    RETRY_STATUSES,
+    decay_backoff,
+    grow_backoff,
+    parse_retry_after,
+    retry_delay,
+)
+from ._robots import ROBOTS_MAX_BYTES, Robots, RobotsStatus, robots_from_response
+from ._urls import normalize_url, origin_of
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+ROBOTS_REDIRECTS = 5
+TRANSPORT_CLOSE_TIMEOUT = 5.0
+
+
+class Crawl:
+    """A running crawl: iterate it for pages; ask it for statistics; stop it."""
+
+    def __init__(self, config: CrawlConfig, transport: httpx.AsyncBaseTransport | None) -> None:
+        self.config = config
+        self._owns_transport = transport is None
+        self._transport = transport if transport is not None else _default_transport(config)
+        self._fetcher = Fetcher(
+            self._transport,
+            user_agent=config.user_agent,
+            timeout=config.timeout,
+            max_bytes=config.max_bytes,
+            keep_exchanges=config.keep_exchanges,
+        )
+        self._frontier = Frontier(config)
+        self._global = trio.CapacityLimiter(config.concurrency)
+        self._requests_send, self._requests_recv = trio.open_memory_channel[Request](0)
+        self._results_send, self._results_recv = trio.open_memory_channel[Page](
+            config.result_buffer
+        )
+        self._pending = 0
+        self._finished = trio.Event()
+        self._stopping = False
+        self._dispatch: trio.Nursery | None = None
+        self._workers_scope: trio.CancelScope | None = None
+        self._rng = random.Random()
+        self._started: float | None = None
+        self._ended: float | None = None
+        self._pages = 0
+        self._errors = 0
+        self._bytes = 0
+        self._disallowed = 0
+        self._errors_by_kind: Counter[str] = Counter()
+
+    # -- the consumer's side ---------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Page]:
+        return self
+
+    async def __anext__(self) -> Page:
+        try:
+            return await self._results_recv.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Schedule nothing new. Graceful: in-flight requests finish and their pages are
+        delivered, then iteration ends. Not graceful: in-flight requests are cancelled now."""
+        self._stopping = True
+        for host in self._frontier:
+            self._pending -= len(host.queue)
+            host.queue.clear()
+        if self._dispatch is not None:
+            self._dispatch.cancel_scope.cancel()
+        if not graceful and self._workers_scope is not None:
+            self._workers_scope.cancel()
+
+    def statistics(self) -> Statistics:
+        now = trio.current_time()
+        end = self._ended if self._ended is not None else now
+        hosts = {
+            host.origin: HostStatistics(
+                origin=host.origin,
+                queued=len(host.queue) + host.staged,
+                in_flight=host.in_flight,
+                done=host.done,
+                errors=host.errors,
+                bytes=host.bytes,
+                rate=host.bucket.rate,
+                paused_until=host.paused_until if host.paused_until > now else None,
+                robots=str(host.robots.status),
+                disallowed=host.disallowed,
+            )
+            for host in self._frontier
+        }
+        return Statistics(
+            pages=self._pages,
+            errors=self._errors,
+            bytes=self._bytes,
+            elapsed=end - self._started if self._started is not None else 0.0,
+            seen=len(self._frontier.seen),
+            queued=sum(h.queued for h in hosts.values()),
+            in_flight=sum(h.in_flight for h in hosts.values()),
+            disallowed=self._disallowed,
+            dropped=dict(self._frontier.dropped),
+            errors_by_kind=dict(self._errors_by_kind),
+            hosts=hosts,
+        )
+
+    # -- running ---------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        self._started = trio.current_time()
+        try:
+            async with trio.open_nursery() as workers:
+                self._workers_scope = workers.cancel_scope
+                for _ in range(self.config.concurrency):
+                    workers.start_soon(self._worker, self._requests_recv.clone())
+                self._requests_recv.close()
+                async with self._requests_send, trio.open_nursery() as dispatch:
+                    self._dispatch = dispatch
+                    for seed in self.config.seeds:
+                        self._add(seed, 0)
+                    self._check_finished()
+                    await self._finished.wait()
+                    dispatch.cancel_scope.cancel()
+        finally:
+            self._ended = trio.current_time()
+            self._results_send.close()
+            if self._owns_transport:
+                with trio.move_on_after(TRANSPORT_CLOSE_TIMEOUT, shield=True):
+                    await self._transport.aclose()
+
+    def _add(self, url: str, depth: int) -> bool:
+        if self._stopping:
+            return False
+        canonical = self._frontier.admit(url, depth)
+        if canonical is None:
+            return False
+        request = Request(
+            url=canonical, depth=depth, origin=origin_of(canonical), first_url=canonical
+        )
+        self._pending += 1
+        self._enqueue(request)
+        return True
+
+    def _enqueue(self, request: Request, *, front: bool = False) -> None:
+        if self._stopping:
+            self._done_with(request)
+            return
+        host = self._frontier.host_for(request.url)
+        if front:
+            host.queue.appendleft(request)
+        else:
+            host.queue.append(request)
+        if not host.running and self._dispatch is not None:
+            host.running = True
+            self._dispatch.start_soon(self._dispatch_host, host, name=f"host {host.origin}")
+
+    def _done_with(self, request: Request) -> None:
+        """A request left the crawl (delivered or dropped); maybe the crawl is over."""
+        del request
+        self._pending -= 1
+        self._check_finished()
+
+    def _check_finished(self) -> None:
+        if self._pending <= 0:
+            self._finished.set()
+
+    # -- dispatch: one task per origin with queued work --------------------------------
+
+    async def _dispatch_host(self, host: Host) -> None:
+        try:
+            while host.queue:
+                request = host.queue.popleft()
+                host.staged += 1
+                try:
+                    if not await self._robots_allow(host, request):
+                        continue
+                    await host.limiter.acquire_on_behalf_of(request)
+                    try:
+                        await self._take_slot(host, request)
+                    except BaseException:
+                        host.limiter.release_on_behalf_of(request)
+                        raise
+                finally:
+                    host.staged -= 1
+                host.in_flight += 1
+                # A worker is free: the global slot we hold is one no busy worker holds.
+                await self._requests_send.send(request)
+        finally:
+            host.running = False
+
+    async def _take_slot(self, host: Host, borrower: object) -> None:
+        """Hold a global slot and a rate slot; wait for the rate slot holding nothing global."""
+        while True:
+            await self._global.acquire_on_behalf_of(borrower)
+            delay = host.bucket.try_acquire()
+            if delay <= 0.0:
+                return
+            self._global.release_on_behalf_of(borrower)
+            with trio.move_on_after(delay):
+                await host.changed.wait()
+
+    async def _robots_allow(self, host: Host, request: Request) -> bool:
+        config = self.config
+        if not config.obey_robots:
+            return True
+        if host.robots.needs_fetch(trio.current_time()):
+            await self._fetch_robots(host, request)
+        if host.robots.allows(request.url, config.user_agent):
+            return True
+        if host.robots.status is RobotsStatus.UNAVAILABLE:
+            error = PageError(ErrorKind.ROBOTS_UNAVAILABLE, host.robots.message)
+            await self._deliver(request, host, None, error)
+            return False
+        host.disallowed += 1
+        self._disallowed += 1
+        if request.redirects:
+            # The chain's first URL was fetched: it gets a record saying where it stopped.
+            error = PageError(ErrorKind.ROBOTS_DISALLOWED, f"redirect to {request.url} disallowed")
+            await self._deliver(request, host, None, error)
+        else:
+            self._done_with(request)
+        return False
+
+    async def _fetch_robots(self, host: Host, request: Request) -> None:
+        """Fetch robots.txt through the host's own limiter and bucket, with retries."""
+        host.robots.status = RobotsStatus.FETCHING
+        token = object()
+        robots: Robots | None = None
+        try:
+            for attempt in range(self.config.retries + 1):
+                await host.limiter.acquire_on_behalf_of(token)
+                try:
+                    await self._take_slot(host, token)
+                    try:
+                        fetched = await self._fetch_following(f"{host.origin}/robots.txt")
+                    finally:
+                        self._global.release_on_behalf_of(token)
+                finally:
+                    host.limiter.release_on_behalf_of(token)
+                if fetched.exchange is not None:
+                    request.exchanges.append(fetched.exchange)
+                status = None if fetched.error else fetched.status
+                robots = robots_from_response(status, fetched.body, trio.current_time())
+                if robots.status is not RobotsStatus.UNAVAILABLE:
+                    break
+                if attempt < self.config.retries:
+                    await trio.sleep(retry_delay(attempt, self._rng))
+        finally:
+            host.robots = robots if robots is not None else Robots()
+        host.robots_delay = host.robots.interval(self.config.user_agent)
+        host.apply_limits()
+
+    async def _fetch_following(self, url: str) -> Fetched:
+        fetched = await self._fetcher.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
+        for _ in range(ROBOTS_REDIRECTS):
+            location = fetched.headers.get("location")
+            if fetched.status not in REDIRECT_STATUSES or location is None:
+                break
+            target = normalize_url(location, url)
+            if target is None:
+                break
+            url = target
+            fetched = await self._fetcher.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
+        return fetched
+
+    # -- workers -----------------------------------------------------------------------
+
+    async def _worker(self, requests: trio.MemoryReceiveChannel[Request]) -> None:
+        async with requests:
+            async for request in requests:
+                host = self._frontier.hosts[request.origin]
+                try:
+                    try:
+                        fetched = await self._fetcher.fetch(request.url)
+                    finally:
+                        host.in_flight -= 1
+                        host.limiter.release_on_behalf_of(request)
+                    await self._settle(request, host, fetched)
+                finally:
+                    self._global.release_on_behalf_of(request)
+
+    async def _settle(self, request: Request, host: Host, fetched: Fetched) -> None:
+        """Turn one fetch into a page, a retry or a redirect hop, and adjust politeness."""
+        config = self.config
+        if fetched.exchange is not None:
+            request.exchanges.append(fetched.exchange)
+        status = fetched.status
+        kind = fetched.error.kind if fetched.error is not None else None
+        base = 1.0 / host.rate if host.rate > 0 else 0.0
+        if status in (429, 503):
+            pause = parse_retry_after(fetched.headers.get("retry-after"))
+            if pause is not None:
+                if pause > config.max_retry_after:
+                    error = PageError(
+                        ErrorKind.RETRY_AFTER_TOO_LONG,
+                        f"HTTP {status} asked to wait {pause:g} s, over max_retry_after="
+                        f"{config.max_retry_after:g} s",
+                    )
+                    await self._deliver(request, host, fetched, error)
+                    return
+                host.pause_until(trio.current_time() + pause)
+                if request.attempt < config.retries:
+                    request.attempt += 1
+                    self._enqueue(request, front=True)
+                    return
+            else:
+                host.backoff = grow_backoff(host.backoff, max(base, host.robots_delay))
+                host.apply_limits()
+        elif kind in (ErrorKind.TIMEOUT, ErrorKind.CONNECT):
+            host.backoff = grow_backoff(host.backoff, max(base, host.robots_delay))
+            host.apply_limits()
+        elif status is not None and host.backoff > 0:
+            host.backoff = decay_backoff(host.backoff, max(base, host.robots_delay))
+            host.apply_limits()
+        if (status in RETRY_STATUSES or kind in RETRY_ERRORS) and request.attempt < config.retries:
+            delay = retry_delay(request.attempt, self._rng)
+            request.attempt += 1
+            assert self._dispatch is not None
+            self._dispatch.start_soon(self._retry_later, request, delay)
+            return
+        if status in REDIRECT_STATUSES and fetched.error is None:
+            if self._follow_redirect(request, fetched):
+                return
+        error = fetched.error
+        if error is None and status in RETRY_STATUSES:
+            error = PageError(
+                ErrorKind.HTTP, f"HTTP {status} after {request.attempt + 1} attempt(s)"
+            )
+        await self._deliver(request, host, fetched, error)
+
+    async def _retry_later(self, request: Request, delay: float) -> None:
+        await trio.sleep(delay)
+        self._enqueue(request, front=True)
+
+    def _follow_redirect(self, request: Request, fetched: Fetched) -> bool:
+        """Queue the next hop; False when the chain ends here (the page records why)."""
+        location = fetched.headers.get("location")
+        if location is None:
+            return False
+        target = normalize_url(location, request.url, max_length=self.config.max_url_length)
+        if target is None:
+            request.error = PageError(
+                ErrorKind.BAD_REDIRECT, f"redirect to {location!r}: not an http(s) URL"
+            )
+            return False
+        if target == request.url or target in request.chain:
+            request.error = PageError(ErrorKind.REDIRECT_LOOP, f"redirect loop back to {target}")
+            return False
+        if request.redirects >= self.config.max_redirects:
+            request.error = PageError(
+                ErrorKind.TOO_MANY_REDIRECTS,
+                f"more than max_redirects={self.config.max_redirects} redirects",
+            )
+            return False
+        request.redirect_target = target
+        canonical = self._frontier.admit(target, request.depth, count=False)
+        if canonical is None or self._stopping:
+            return False
+        hop = Request(
+            url=canonical,
+            depth=request.depth,
+            origin=origin_of(canonical),
+            first_url=request.first_url,
+            redirects=request.redirects + 1,
+            chain=(*request.chain, request.url),
+            exchanges=request.exchanges,
+        )
+        self._enqueue(hop)
+        return True
+
+    async def _deliver(
+        self, request: Request, host: Host, fetched: Fetched | None, error: PageError | None
+    ) -> None:
+        """Build the page, queue its links, hand it to the consumer."""
+        config = self.config
+        error = error or request.error
+        title: str | None = None
+        links: tuple[str, ...] = ()
+        headers = fetched.headers if fetched is not None else httpx.Headers()
+        content_type = headers.get("content-type")
+        status = fetched.status if fetched is not None else None
+        body = fetched.body if fetched is not None else b""
+        if request.redirect_target is not None:
+            links = (request.redirect_target,)
+        elif (
+            fetched is not None
+            and error is None
+            and status is not None
+            and 200 <= status < 300
+            and is_html(content_type)
+        ):
+            parsed = parse_html(
+                body,
+                request.url,
+                content_type,
+                max_links=config.max_links_per_page,
+                max_url_length=config.max_url_length,
+            )
+            title = parsed.title
+            links = parsed.links
+        page = Page(
+            url=request.first_url,
+            final_url=request.url,
+            status=status,
+            depth=request.depth,
+            headers=headers,
+            content_type=content_type,
+            title=title,
+            links=links,
+            body=body,
+            elapsed=fetched.elapsed if fetched is not None else 0.0,
+            fetched_at=fetched.started_at if fetched is not None else _utcnow(),
+            error=error,
+            exchanges=tuple(request.exchanges),
+        )
+        if links and request.redirect_target is None:
+            self._add_links(page)
+        self._pages += 1
+        self._bytes += len(body)
+        host.bytes += len(body)
+        if error is not None:
+            self._errors += 1
+            host.errors += 1
+            self._errors_by_kind[str(error.kind)] += 1
+        else:
+            host.done += 1
+        try:
+            await self._results_send.send(page)
+        finally:
+            self._done_with(request)
+
+    def _add_links(self, page: Page) -> None:
+        depth = page.depth + 1
+        max_depth = self.config.max_depth
+        if max_depth is not None and depth > max_depth:
+            return
+        should_follow = self.config.should_follow
+        for link in page.links:
+            if should_follow is not None and not should_follow(link, page):
+                continue
+            self._add(link, depth)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _default_transport(config: CrawlConfig) -> httpx.AsyncBaseTransport:
+    from ._transport import TrioTransport
+
+    most_per_host = max([config.per_host, *(h.per_host or 0 for h in config.hosts.values())])
+    return TrioTransport(
+        max_connections_per_origin=most_per_host,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+    )
+
+
+@asynccontextmanager
+async def open_crawl(
+    config: CrawlConfig, *, transport: httpx.AsyncBaseTransport | None = None
+) -> AsyncIterator[Crawl]:
+    """Run a crawl inside the caller's task tree; leaving the block stops it at once.
+
+    An exception raised by the caller's block propagates out unchanged.
+    """
+    crawl = Crawl(config, transport)
+    raised: BaseException | None = None
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(crawl._run, name="crawl")
+        try:
+            yield crawl
+        except BaseException as exc:  # re-raised below, after the crawl's tasks are gone
+            raised = exc
+        nursery.cancel_scope.cancel()
+    if raised is not None:
+        raise raised
+
+
+async def crawl(
+    config: CrawlConfig, *, transport: httpx.AsyncBaseTransport | None = None
+) -> Statistics:
+    """Crawl to the end, discarding pages; return the final statistics."""
+    async with open_crawl(config, transport=transport) as running:
+        async for _ in running:
+            pass
+        return running.statistics()

@@ -1,0 +1,179 @@
+"""One HTTP exchange: send, read the body under the caps and deadlines, classify failures."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import httpx
+import trio
+
+from ._decode import BodyDecoder, DecodingError
+from ._page import ErrorKind, Exchange, PageError
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """What came back for one request: a response (maybe cut), or an error, never both empty."""
+
+    url: str
+    status: int | None
+    headers: httpx.Headers
+    body: bytes
+    raw_size: int
+    elapsed: float
+    started_at: dt.datetime
+    error: PageError | None
+    exchange: Exchange | None
+    truncated: bool = False
+
+
+class Fetcher:
+    """Runs requests through an httpx transport with a total deadline and a decoded-size cap."""
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        user_agent: str,
+        timeout: float,
+        max_bytes: int,
+        keep_exchanges: bool,
+    ) -> None:
+        self.transport = transport
+        self.timeout = timeout
+        self.max_bytes = max_bytes
+        self.keep_exchanges = keep_exchanges
+        self.headers = httpx.Headers(
+            {
+                "User-Agent": user_agent,
+                "Accept": "text/html,application/xhtml+xml;q=0.9,*/*;q=0.8",
+                "Accept-Encoding": "gzip, deflate, br",
+            }
+        )
+
+    async def fetch(
+        self,
+        url: str,
+        *,
+        max_bytes: int | None = None,
+        headers: httpx.Headers | None = None,
+        cut: bool = False,
+    ) -> Fetched:
+        """GET `url`. A body over the cap is an error, refused up front when its declared
+        length says so; with `cut=True` the body is read up to the cap and kept."""
+        cap = self.max_bytes if max_bytes is None else max_bytes
+        request = httpx.Request("GET", url, headers=headers or self.headers)
+        started_at = dt.datetime.now(dt.UTC)
+        start = trio.current_time()
+        status: int | None = None
+        response_headers = httpx.Headers()
+        response: httpx.Response | None = None
+        raw_parts: list[bytes] = []
+        parts: list[bytes] = []
+        raw_size = 0
+        truncated = False
+        error: PageError | None = None
+        try:
+            with trio.fail_after(self.timeout):
+                response = await self.transport.handle_async_request(request)
+                status = response.status_code
+                response_headers = response.headers
+                try:
+                    error = None if cut else _check_length(response_headers, cap)
+                    if error is None:
+                        decoder = BodyDecoder(response_headers.get("content-encoding"), cap)
+                        # The raw stream, not aiter_raw(): a response built with its
+                        # content (MockTransport) counts as consumed but still streams.
+                        stream = response.stream
+                        if not isinstance(stream, httpx.AsyncByteStream):
+                            raise httpx.LocalProtocolError("transport returned a sync stream")
+                        chunks = stream.__aiter__()
+                        try:
+                            async for chunk in chunks:
+                                raw_size += len(chunk)
+                                if self.keep_exchanges:
+                                    raw_parts.append(chunk)
+                                parts.append(decoder.feed(chunk))
+                                if decoder.truncated or raw_size > cap:
+                                    truncated = True
+                                    break
+                        finally:
+                            # Close a generator-based stream we left early.
+                            aclose = getattr(chunks, "aclose", None)
+                            if aclose is not None:
+                                await aclose()
+                        if not truncated:
+                            parts.append(decoder.flush())
+                            truncated = decoder.truncated
+                finally:
+                    await response.aclose()
+        except trio.TooSlowError:
+            error = PageError(ErrorKind.TIMEOUT, f"no complete response within {self.timeout:g} s")
+        except httpx.TimeoutException as exc:
+            error = PageError(ErrorKind.TIMEOUT, _describe(exc, "timed out"))
+        except httpx.ConnectError as exc:
+            kind = ErrorKind.BLOCKED if "blocked" in str(exc) else ErrorKind.CONNECT
+            error = PageError(kind, _describe(exc, "connection failed"))
+        except (httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+            error = PageError(ErrorKind.RESET, _describe(exc, "connection lost"))
+        except httpx.ProtocolError as exc:
+            error = PageError(ErrorKind.PROTOCOL, _describe(exc, "protocol error"))
+        except DecodingError as exc:
+            error = PageError(ErrorKind.DECODING, str(exc))
+        except (httpx.TransportError, httpx.InvalidURL, OSError) as exc:
+            error = PageError(ErrorKind.OTHER, _describe(exc, type(exc).__name__))
+        if truncated and error is None and not cut:
+            error = PageError(
+                ErrorKind.TOO_LARGE, f"body cut at max_bytes={cap} (decoded size exceeded the cap)"
+            )
+        exchange = None
+        if self.keep_exchanges and response is not None:
+            exchange = Exchange(
+                method="GET",
+                url=url,
+                request_headers=tuple(request.headers.raw),
+                http_version=_http_version(response),
+                status=response.status_code,
+                reason=response.reason_phrase,
+                response_headers=tuple(response.headers.raw),
+                raw_body=b"".join(raw_parts),
+                truncated=truncated,
+                started_at=started_at,
+            )
+        return Fetched(
+            url=url,
+            status=status,
+            headers=response_headers,
+            body=b"".join(parts),
+            raw_size=raw_size,
+            elapsed=trio.current_time() - start,
+            started_at=started_at,
+            error=error,
+            exchange=exchange,
+            truncated=truncated,
+        )
+
+
+def _check_length(headers: httpx.Headers, cap: int) -> PageError | None:
+    """Refuse a declared body over the cap before reading it (encoded or not)."""
+    value = headers.get("content-length")
+    try:
+        length = int(value.strip()) if value is not None else 0
+    except ValueError:
+        return None
+    if length > cap:
+        return PageError(
+            ErrorKind.TOO_LARGE, f"Content-Length {length} exceeds max_bytes={cap}; body not read"
+        )
+    return None
+
+
+def _http_version(response: httpx.Response) -> str:
+    version = response.extensions.get("http_version", b"HTTP/1.1")
+    return version.decode("ascii", "replace") if isinstance(version, bytes) else str(version)
+
+
+def _describe(exc: BaseException, fallback: str) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text}" if text else f"{type(exc).__name__}: {fallback}"

@@ -1,0 +1,157 @@
+"""The frontier: admission rules (scope, filters, depth, dedup) and per-origin queues."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter, deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import trio
+
+from ._bucket import LeakyBucket
+from ._config import CrawlConfig
+from ._page import Exchange, PageError
+from ._robots import Robots, RobotsStatus
+from ._urls import Scope, host_of, normalize_url, origin_of
+
+
+@dataclass(slots=True, eq=False)
+class Request:
+    """One URL on its way through the crawl (a redirect hop or retry is a new Request)."""
+
+    url: str
+    depth: int
+    origin: str
+    first_url: str
+    redirects: int = 0
+    attempt: int = 0
+    chain: tuple[str, ...] = ()
+    exchanges: list[Exchange] = field(default_factory=list)
+    error: PageError | None = None
+    """Why a redirect chain ended here, when it did not end in a page."""
+    redirect_target: str | None = None
+
+
+@dataclass(slots=True, eq=False)
+class Host:
+    """Politeness state and queue of one origin (scheme, host, port)."""
+
+    origin: str
+    name: str
+    rate: float
+    """Configured requests per second (0 = unlimited)."""
+    burst: int
+    limiter: trio.CapacityLimiter
+    bucket: LeakyBucket
+    queue: deque[Request] = field(default_factory=deque)
+    staged: int = 0
+    """Requests taken off the queue and waiting for their slots."""
+    in_flight: int = 0
+    done: int = 0
+    errors: int = 0
+    bytes: int = 0
+    disallowed: int = 0
+    running: bool = False
+    paused: bool = False
+    robots_delay: float = 0.0
+    """Interval from robots.txt Crawl-delay / Request-rate (0 = none)."""
+    backoff: float = 0.0
+    """Adaptive extra interval after 429/503/timeouts; decays on healthy responses."""
+    robots: Robots = field(default_factory=Robots)
+    paused_until: float = 0.0
+    """Trio time before which Retry-After forbids requests."""
+    changed: trio.Event = field(default_factory=trio.Event)
+
+    def effective_interval(self) -> float:
+        base = 1.0 / self.rate if self.rate > 0 else 0.0
+        return max(base, self.robots_delay, self.backoff)
+
+    def apply_limits(self) -> None:
+        """Push the effective interval into the bucket and wake the host's dispatcher."""
+        base = 1.0 / self.rate if self.rate > 0 else 0.0
+        interval = self.effective_interval()
+        # Burst is the operator's allowance at the configured rate; a slower pace
+        # asked for by the site (robots, Retry-After, backoff) gets no burst.
+        self.bucket.burst = self.burst if interval <= base else 1
+        self.bucket.rate = 1.0 / interval if interval > 0 else 0.0
+        self.wake()
+
+    def pause_until(self, deadline: float) -> None:
+        """Send nothing to this host before `deadline` (Retry-After)."""
+        if deadline > self.paused_until:
+            self.paused_until = deadline
+            self.bucket.pause_until(deadline)
+            self.wake()
+
+    def wake(self) -> None:
+        self.changed.set()
+        self.changed = trio.Event()
+
+
+class Frontier:
+    """Decides which URLs enter the crawl and keeps them in per-origin queues."""
+
+    def __init__(self, config: CrawlConfig) -> None:
+        self.config = config
+        self.scope = Scope(config.scope, config.seeds)
+        self._include = [re.compile(p) for p in config.include]
+        self._exclude = [re.compile(p) for p in config.exclude]
+        self.seen: set[str] = set()
+        self.hosts: dict[str, Host] = {}
+        self.dropped: Counter[str] = Counter()
+        self.admitted = 0
+
+    def admit(self, url: str, depth: int, *, count: bool = True) -> str | None:
+        """Return the canonical URL if it may be crawled and was not seen; mark it seen.
+
+        `count=False` admits a redirect hop, which is not a page of its own."""
+        config = self.config
+        canonical = normalize_url(url, max_length=config.max_url_length)
+        if canonical is None:
+            self.dropped["invalid"] += 1
+            return None
+        if canonical in self.seen:
+            return None
+        if config.max_depth is not None and depth > config.max_depth:
+            self.dropped["max_depth"] += 1
+            return None
+        if not self.scope.allows(canonical):
+            self.dropped["scope"] += 1
+            return None
+        if self._include and not any(p.search(canonical) for p in self._include):
+            self.dropped["include"] += 1
+            return None
+        if any(p.search(canonical) for p in self._exclude):
+            self.dropped["exclude"] += 1
+            return None
+        if count and config.max_pages is not None and self.admitted >= config.max_pages:
+            self.dropped["max_pages"] += 1
+            return None
+        self.seen.add(canonical)
+        self.admitted += count
+        return canonical
+
+    def host_for(self, url: str) -> Host:
+        origin = origin_of(url)
+        host = self.hosts.get(origin)
+        if host is None:
+            name = host_of(url)
+            rate, burst, per_host = self.config.limits_for(name, origin)
+            host = Host(
+                origin=origin,
+                name=name,
+                rate=rate,
+                burst=burst,
+                limiter=trio.CapacityLimiter(per_host),
+                bucket=LeakyBucket(rate, burst),
+                robots=Robots(RobotsStatus.UNKNOWN if self.config.obey_robots else RobotsStatus.IGNORED),
+            )
+            self.hosts[origin] = host
+        return host
+
+    def queued(self) -> int:
+        return sum(len(h.queue) + h.staged for h in self.hosts.values())
+
+    def __iter__(self) -> Iterator[Host]:
+        return iter(self.hosts.values())

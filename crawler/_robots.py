@@ -1,0 +1,82 @@
+"""robots.txt state per origin. Protego parses it: it is Scrapy's parser, follows the
+Google/RFC 9309 matching rules (longest match, Allow beats Disallow on ties, wildcards)
+and reads Crawl-delay, Request-rate and Sitemap lines, which the stdlib parser does not."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from protego import Protego
+
+ROBOTS_MAX_BYTES = 500 * 1024
+ROBOTS_TTL = 24 * 3600.0
+# After a 5xx or network failure, the host counts as disallowed until this long has passed.
+ROBOTS_RETRY = 60.0
+
+
+class RobotsStatus(enum.StrEnum):
+    UNKNOWN = "unknown"
+    FETCHING = "fetching"
+    PARSED = "parsed"
+    ALLOW_ALL = "allow_all"
+    UNAVAILABLE = "unavailable"
+    IGNORED = "ignored"
+
+
+@dataclass(slots=True)
+class Robots:
+    """What one origin's robots.txt says, and when to ask again."""
+
+    status: RobotsStatus = RobotsStatus.UNKNOWN
+    parser: Protego | None = None
+    expires: float = 0.0
+    message: str = ""
+    sitemaps: tuple[str, ...] = field(default_factory=tuple)
+
+    def needs_fetch(self, now: float) -> bool:
+        if self.status is RobotsStatus.IGNORED or self.status is RobotsStatus.FETCHING:
+            return False
+        return self.status is RobotsStatus.UNKNOWN or now >= self.expires
+
+    def allows(self, url: str, user_agent: str) -> bool:
+        if self.status is RobotsStatus.PARSED and self.parser is not None:
+            return bool(self.parser.can_fetch(url, user_agent))
+        return self.status is not RobotsStatus.UNAVAILABLE
+
+    def interval(self, user_agent: str) -> float:
+        """Seconds between requests that Crawl-delay / Request-rate ask for (0 = none)."""
+        if self.status is not RobotsStatus.PARSED or self.parser is None:
+            return 0.0
+        interval = 0.0
+        delay = self.parser.crawl_delay(user_agent)
+        if delay is not None and delay > 0:
+            interval = float(delay)
+        rate = self.parser.request_rate(user_agent)
+        if rate is not None and rate.requests > 0 and rate.seconds > 0:
+            interval = max(interval, rate.seconds / rate.requests)
+        return interval
+
+
+def robots_from_response(status: int | None, body: bytes, now: float) -> Robots:
+    """Interpret a robots.txt fetch the way the major search engines do (RFC 9309 2.3.1)."""
+    if status is None or status >= 500:
+        why = "network failure" if status is None else f"HTTP {status}"
+        return Robots(
+            RobotsStatus.UNAVAILABLE,
+            expires=now + ROBOTS_RETRY,
+            message=f"robots.txt unavailable ({why}); host treated as disallowed for now",
+        )
+    if status >= 400:
+        return Robots(RobotsStatus.ALLOW_ALL, expires=now + ROBOTS_TTL, message=f"HTTP {status}")
+    if status >= 300:
+        # Redirects are followed by the caller; one that leads nowhere counts as no file.
+        return Robots(RobotsStatus.ALLOW_ALL, expires=now + ROBOTS_TTL, message=f"HTTP {status}")
+    text = body[:ROBOTS_MAX_BYTES].decode("utf-8", errors="replace")
+    parser = Protego.parse(text)
+    return Robots(
+        RobotsStatus.PARSED,
+        parser=parser,
+        expires=now + ROBOTS_TTL,
+        sitemaps=tuple(parser.sitemaps),
+    )
