@@ -27,12 +27,11 @@ from ._page import ErrorKind, HostStatistics, Page, PageError, Statistics
 from ._retry import (
     RETRY_ERRORS,
     RETRY_STATUSES,
-    decay_backoff,
-    grow_backoff,
     parse_retry_after,
     retry_delay,
 )
 from ._robots import ROBOTS_MAX_BYTES, Robots, RobotsStatus, robots_from_response
+from ._sitemaps import parse_sitemap
 from ._urls import normalize_url, origin_of
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
@@ -153,14 +152,18 @@ class Crawl:
                 with trio.move_on_after(TRANSPORT_CLOSE_TIMEOUT, shield=True):
                     await self._transport.aclose()
 
-    def _add(self, url: str, depth: int) -> bool:
+    def _add(self, url: str, depth: int, *, sitemap: bool = False) -> bool:
         if self._stopping:
             return False
         canonical = self._frontier.admit(url, depth)
         if canonical is None:
             return False
         request = Request(
-            url=canonical, depth=depth, origin=origin_of(canonical), first_url=canonical
+            url=canonical,
+            depth=depth,
+            origin=origin_of(canonical),
+            first_url=canonical,
+            sitemap=sitemap,
         )
         self._pending += 1
         self._enqueue(request)
@@ -199,6 +202,8 @@ class Crawl:
                 try:
                     if not await self._robots_allow(host, request):
                         continue
+                    if self.config.sitemaps and not host.sitemaps_seeded:
+                        self._seed_sitemaps(host)
                     await host.limiter.acquire_on_behalf_of(request)
                     try:
                         await self._take_slot(host, request)
@@ -212,6 +217,12 @@ class Crawl:
                 await self._requests_send.send(request)
         finally:
             host.running = False
+
+    def _seed_sitemaps(self, host: Host) -> None:
+        """Queue the host's sitemaps: robots.txt `Sitemap:` lines and /sitemap.xml."""
+        host.sitemaps_seeded = True
+        for url in (*host.robots.sitemaps, f"{host.origin}/sitemap.xml"):
+            self._add(url, 0, sitemap=True)
 
     async def _take_slot(self, host: Host, borrower: object) -> None:
         """Hold a global slot and a rate slot; wait for the rate slot holding nothing global."""
@@ -311,41 +322,39 @@ class Crawl:
             request.exchanges.append(fetched.exchange)
         status = fetched.status
         kind = fetched.error.kind if fetched.error is not None else None
-        base = 1.0 / host.rate if host.rate > 0 else 0.0
+        now = trio.current_time()
+        overloaded = False
         if status in (429, 503):
             pause = parse_retry_after(fetched.headers.get("retry-after"))
             if pause is not None:
                 if pause > config.max_retry_after:
-                    error = PageError(
+                    too_long = PageError(
                         ErrorKind.RETRY_AFTER_TOO_LONG,
                         f"HTTP {status} asked to wait {pause:g} s, over max_retry_after="
                         f"{config.max_retry_after:g} s",
                     )
-                    await self._deliver(request, host, fetched, error)
+                    await self._deliver(request, host, fetched, too_long)
                     return
-                host.pause_until(trio.current_time() + pause)
+                host.pause_until(now + pause)
                 if request.attempt < config.retries:
                     request.attempt += 1
                     self._enqueue(request, front=True)
                     return
             else:
-                host.backoff = grow_backoff(host.backoff, max(base, host.robots_delay))
-                host.apply_limits()
-        elif kind in (ErrorKind.TIMEOUT, ErrorKind.CONNECT):
-            host.backoff = grow_backoff(host.backoff, max(base, host.robots_delay))
-            host.apply_limits()
-        elif status is not None and host.backoff > 0:
-            host.backoff = decay_backoff(host.backoff, max(base, host.robots_delay))
-            host.apply_limits()
+                overloaded = True
+        if overloaded or kind in (ErrorKind.TIMEOUT, ErrorKind.CONNECT):
+            host.slow_down(now - fetched.elapsed, now)
+        elif status is not None:
+            host.recover()
         if (status in RETRY_STATUSES or kind in RETRY_ERRORS) and request.attempt < config.retries:
             delay = retry_delay(request.attempt, self._rng)
             request.attempt += 1
             assert self._dispatch is not None
             self._dispatch.start_soon(self._retry_later, request, delay)
             return
-        if status in REDIRECT_STATUSES and fetched.error is None:
-            if self._follow_redirect(request, fetched):
-                return
+        redirect = status in REDIRECT_STATUSES and fetched.error is None
+        if redirect and self._follow_redirect(request, fetched):
+            return
         error = fetched.error
         if error is None and status in RETRY_STATUSES:
             error = PageError(
@@ -405,8 +414,16 @@ class Crawl:
         content_type = headers.get("content-type")
         status = fetched.status if fetched is not None else None
         body = fetched.body if fetched is not None else b""
+        follow = True
         if request.redirect_target is not None:
             links = (request.redirect_target,)
+            follow = False
+        elif request.sitemap and fetched is not None and error is None and status == 200:
+            locs, is_index = parse_sitemap(body, config.max_bytes)
+            links = tuple(dict.fromkeys(u for u in map(normalize_url, locs) if u is not None))
+            follow = False
+            for link in links:
+                self._add(link, request.depth + (0 if is_index else 1), sitemap=is_index)
         elif (
             fetched is not None
             and error is None
@@ -438,7 +455,7 @@ class Crawl:
             error=error,
             exchanges=tuple(request.exchanges),
         )
-        if links and request.redirect_target is None:
+        if links and follow:
             self._add_links(page)
         self._pages += 1
         self._bytes += len(body)

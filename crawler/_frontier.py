@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter, deque
 from collections.abc import Iterator
@@ -12,6 +13,7 @@ import trio
 from ._bucket import LeakyBucket
 from ._config import CrawlConfig
 from ._page import Exchange, PageError
+from ._retry import decay_backoff, grow_backoff
 from ._robots import Robots, RobotsStatus
 from ._urls import Scope, host_of, normalize_url, origin_of
 
@@ -31,6 +33,7 @@ class Request:
     error: PageError | None = None
     """Why a redirect chain ended here, when it did not end in a page."""
     redirect_target: str | None = None
+    sitemap: bool = False
 
 
 @dataclass(slots=True, eq=False)
@@ -57,15 +60,17 @@ class Host:
     robots_delay: float = 0.0
     """Interval from robots.txt Crawl-delay / Request-rate (0 = none)."""
     backoff: float = 0.0
-    """Adaptive extra interval after 429/503/timeouts; decays on healthy responses."""
+    """Adaptive interval after 429/503/timeouts; decays on healthy responses."""
+    backoff_at: float = -math.inf
+    """When the backoff last grew: requests started before then don't grow it again."""
     robots: Robots = field(default_factory=Robots)
+    sitemaps_seeded: bool = False
     paused_until: float = 0.0
     """Trio time before which Retry-After forbids requests."""
     changed: trio.Event = field(default_factory=trio.Event)
 
     def effective_interval(self) -> float:
-        base = 1.0 / self.rate if self.rate > 0 else 0.0
-        return max(base, self.robots_delay, self.backoff)
+        return max(self._site_interval(), self.backoff)
 
     def apply_limits(self) -> None:
         """Push the effective interval into the bucket and wake the host's dispatcher."""
@@ -75,7 +80,27 @@ class Host:
         # asked for by the site (robots, Retry-After, backoff) gets no burst.
         self.bucket.burst = self.burst if interval <= base else 1
         self.bucket.rate = 1.0 / interval if interval > 0 else 0.0
+        if interval > base:
+            # The slower pace counts from now: the requests already answered (robots.txt
+            # among them) were sent at the old pace and may have reached the server late.
+            self.bucket.pause_until(trio.current_time() + interval)
         self.wake()
+
+    def slow_down(self, started: float, now: float) -> None:
+        """A sign of overload: lengthen the interval, once per round of requests."""
+        if started >= self.backoff_at:
+            self.backoff = grow_backoff(self.backoff, self._site_interval())
+            self.backoff_at = now
+            self.apply_limits()
+
+    def recover(self) -> None:
+        """A healthy response: let the interval decay back towards the configured one."""
+        if self.backoff > 0:
+            self.backoff = decay_backoff(self.backoff, self._site_interval())
+            self.apply_limits()
+
+    def _site_interval(self) -> float:
+        return max(1.0 / self.rate if self.rate > 0 else 0.0, self.robots_delay)
 
     def pause_until(self, deadline: float) -> None:
         """Send nothing to this host before `deadline` (Retry-After)."""
@@ -145,7 +170,9 @@ class Frontier:
                 burst=burst,
                 limiter=trio.CapacityLimiter(per_host),
                 bucket=LeakyBucket(rate, burst),
-                robots=Robots(RobotsStatus.UNKNOWN if self.config.obey_robots else RobotsStatus.IGNORED),
+                robots=Robots(
+                    RobotsStatus.UNKNOWN if self.config.obey_robots else RobotsStatus.IGNORED
+                ),
             )
             self.hosts[origin] = host
         return host

@@ -61,7 +61,12 @@ async def test_dedup_normalises_urls(autojump_clock: trio.testing.MockClock) -> 
 
 
 async def test_scope_host_domain_any(autojump_clock: trio.testing.MockClock) -> None:
-    links = ["http://a.test/in", "http://sub.a.test/sub", "http://other.test/out", "mailto:x@a.test"]
+    links = [
+        "http://a.test/in",
+        "http://sub.a.test/sub",
+        "http://other.test/out",
+        "mailto:x@a.test",
+    ]
     pages: dict[str, str | httpx.Response] = {
         f"{A}/": html("home", links),
         "http://a.test/in": html("in", []),
@@ -73,7 +78,12 @@ async def test_scope_host_domain_any(autojump_clock: trio.testing.MockClock) -> 
         ("domain", {"http://a.test/", "http://a.test/in", "http://sub.a.test/sub"}),
         (
             "any",
-            {"http://a.test/", "http://a.test/in", "http://sub.a.test/sub", "http://other.test/out"},
+            {
+                "http://a.test/",
+                "http://a.test/in",
+                "http://sub.a.test/sub",
+                "http://other.test/out",
+            },
         ),
     ]:
         site = MockSite(dict(pages))
@@ -103,7 +113,9 @@ async def test_include_exclude_depth_and_max_pages(autojump_clock: trio.testing.
     assert {p.url for p in pages} == {f"{A}/", *(f"{A}/p/{i}" for i in range(4))}
 
 
-async def test_rate_and_burst_exact_under_mock_clock(autojump_clock: trio.testing.MockClock) -> None:
+async def test_rate_and_burst_exact_under_mock_clock(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
     site = MockSite(chain_site(A, 20, fanout=5))
     await collect(config(rate=2.0, per_host=4), site)
     starts = site.starts()
@@ -197,7 +209,9 @@ async def test_backpressure_slow_consumer(autojump_clock: trio.testing.MockClock
 
 async def test_leaving_early_stops_all_traffic(autojump_clock: trio.testing.MockClock) -> None:
     site = MockSite(chain_site(A, 500, fanout=5), latency=0.1)
-    async with crawler.open_crawl(config(concurrency=8, per_host=8), transport=site.transport()) as crawl:
+    async with crawler.open_crawl(
+        config(concurrency=8, per_host=8), transport=site.transport()
+    ) as crawl:
         async for page in crawl:
             if page.url.endswith("/p/3"):
                 break
@@ -226,15 +240,26 @@ async def test_cancelling_the_callers_scope_stops_promptly(
     assert 0 < received < 1000
 
 
+def all_tasks() -> int:
+    root = trio.lowlevel.current_root_task()
+    assert root is not None
+    count, stack = 0, [root]
+    while stack:
+        task = stack.pop()
+        count += 1
+        for nursery in task.child_nurseries:
+            stack.extend(nursery.child_tasks)
+    return count
+
+
 async def test_no_task_left_behind(autojump_clock: trio.testing.MockClock) -> None:
     site = MockSite(chain_site(A, 100, fanout=3), latency=0.2)
-    before = len(trio.lowlevel.current_root_task().child_nurseries)
-    me = trio.lowlevel.current_task()
+    before = all_tasks()
     async with crawler.open_crawl(config(), transport=site.transport()) as crawl:
         async for _ in crawl:
+            assert all_tasks() > before + 8  # workers and dispatchers are running
             break
-    assert len(trio.lowlevel.current_root_task().child_nurseries) == before
-    assert all(not n.child_tasks for n in me.child_nurseries)
+    assert all_tasks() == before
 
 
 async def test_consumer_exception_propagates_unchanged(
@@ -258,7 +283,9 @@ async def test_http_errors_and_non_html_are_records(autojump_clock: trio.testing
         {
             f"{A}/": html("home", ["/missing", "/doc.pdf", "/gone"]),
             f"{A}/doc.pdf": httpx.Response(
-                200, content=b"%PDF-1.4 <a href='/hidden'>", headers={"Content-Type": "application/pdf"}
+                200,
+                content=b"%PDF-1.4 <a href='/hidden'>",
+                headers={"Content-Type": "application/pdf"},
             ),
             f"{A}/gone": httpx.Response(410),
         }
@@ -282,7 +309,9 @@ async def test_crawl_returns_statistics(autojump_clock: trio.testing.MockClock) 
 
 async def test_graceful_and_hard_stop(autojump_clock: trio.testing.MockClock) -> None:
     site = MockSite(chain_site(A, 300, fanout=5), latency=1.0)
-    async with crawler.open_crawl(config(per_host=4, concurrency=4), transport=site.transport()) as crawl:
+    async with crawler.open_crawl(
+        config(per_host=4, concurrency=4), transport=site.transport()
+    ) as crawl:
         got = []
         async for page in crawl:
             got.append(page)
@@ -294,7 +323,9 @@ async def test_graceful_and_hard_stop(autojump_clock: trio.testing.MockClock) ->
         assert len(site.hits) <= len(got) + 1
 
     site = MockSite(chain_site(A, 300, fanout=5), latency=1.0)
-    async with crawler.open_crawl(config(per_host=4, concurrency=4), transport=site.transport()) as crawl:
+    async with crawler.open_crawl(
+        config(per_host=4, concurrency=4), transport=site.transport()
+    ) as crawl:
         n = 0
         async for _ in crawl:
             n += 1

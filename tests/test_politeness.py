@@ -310,3 +310,42 @@ async def test_size_cap_and_content_length(autojump_clock: trio.testing.MockCloc
     assert big.error is not None and big.error.kind == "too_large" and len(big.body) == 1000
     declared = pages[f"{A}/declared"]
     assert declared.error is not None and declared.error.kind == "too_large"
+
+
+# -- sitemaps --------------------------------------------------------------------------
+
+
+async def test_sitemaps_seed_the_frontier(autojump_clock: trio.testing.MockClock) -> None:
+    import gzip
+
+    site = MockSite({f"{A}/": html("home", [])})
+    site.pages[f"{A}/robots.txt"] = robots(f"User-agent: *\nSitemap: {A}/index.xml\n")
+    site.pages[f"{A}/index.xml"] = httpx.Response(
+        200,
+        content=(
+            b'<?xml version="1.0"?><sitemapindex xmlns="http://www.sitemaps.org/schemas/'
+            b'sitemap/0.9"><sitemap><loc>http://a.test/s1.xml.gz</loc></sitemap>'
+            b"<sitemap><loc>http://other.test/s.xml</loc></sitemap></sitemapindex>"
+        ),
+        headers={"Content-Type": "application/xml"},
+    )
+    urlset = (
+        b'<urlset xmlns="http://www.sitemaps.org/schemas/sitemap/0.9">'
+        b"<url><loc>http://a.test/only-in-sitemap?a=1&amp;b=2</loc></url>"
+        b"<url><loc> http://a.test/second </loc></url></urlset>"
+    )
+    site.pages[f"{A}/s1.xml.gz"] = httpx.Response(
+        200, content=gzip.compress(urlset), headers={"Content-Type": "application/x-gzip"}
+    )
+    site.pages[f"{A}/sitemap.xml"] = httpx.Response(404)
+    site.pages[f"{A}/only-in-sitemap?a=1&b=2"] = html("hidden", [])
+    site.pages[f"{A}/second"] = html("second", [])
+    pages, _ = await collect(config(sitemaps=True), site)
+    assert pages[f"{A}/only-in-sitemap?a=1&b=2"].title == "hidden"
+    assert pages[f"{A}/second"].status == 200
+    assert not [u for u in site.urls() if "other.test" in u]  # out of scope
+
+    site.pages[f"{A}/robots.txt"] = robots("User-agent: *\n")
+    site.hits.clear()
+    pages, _ = await collect(config(sitemaps=False), site)
+    assert f"{A}/second" not in pages
