@@ -20,7 +20,9 @@ if TYPE_CHECKING:
 Scope = Literal["host", "domain", "any"]
 SCOPES: tuple[str, ...] = ("host", "domain", "any")
 
-DEFAULT_USER_AGENT = f"crawler/{__version__} (+https://pypi.org/project/crawler/; polite trio crawler)"
+DEFAULT_USER_AGENT = (
+    f"crawler/{__version__} (+https://pypi.org/project/crawler/; polite trio crawler)"
+)
 MiB = 1024 * 1024
 
 
@@ -124,7 +126,9 @@ class CrawlConfig:
                 try:
                     re.compile(pattern)
                 except (re.error, TypeError) as exc:
-                    raise ValueError(f"{name}: invalid regular expression {pattern!r}: {exc}") from None
+                    raise ValueError(
+                        f"{name}: invalid regular expression {pattern!r}: {exc}"
+                    ) from None
         hosts = dict(self.hosts)
         for key, limits in hosts.items():
             if not isinstance(limits, HostLimits):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import httpx
@@ -122,7 +123,7 @@ async def test_rate_and_burst_exact_under_mock_clock(
     assert len(starts) == 21
     # First request at once, then exactly 0.5 s apart: the server never sees two closer.
     assert starts[0] == pytest.approx(0.0, abs=1e-9)
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) == pytest.approx(0.5, abs=1e-9)
     assert starts[-1] == pytest.approx(10.0, abs=1e-6)
 
@@ -164,8 +165,8 @@ async def test_per_host_overrides(autojump_clock: trio.testing.MockClock) -> Non
     )
     await collect(cfg, site)
     a, b = site.starts(A), site.starts(B)
-    assert min(y - x for x, y in zip(a, a[1:], strict=False)) == pytest.approx(1.0)
-    assert min(y - x for x, y in zip(b, b[1:], strict=False)) == pytest.approx(0.25)
+    assert min(y - x for x, y in itertools.pairwise(a)) == pytest.approx(1.0)
+    assert min(y - x for x, y in itertools.pairwise(b)) == pytest.approx(0.25)
 
 
 async def test_slow_host_never_holds_back_a_ready_host(

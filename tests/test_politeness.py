@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import random
 from collections.abc import AsyncIterator
 
@@ -67,7 +68,7 @@ async def test_robots_matches_our_user_agent(autojump_clock: trio.testing.MockCl
     site.pages[f"{A}/robots.txt"] = robots(
         "User-agent: otherbot\nDisallow: /\n\nUser-agent: mybot\nDisallow: /p/2\n"
     )
-    pages, _ = await collect(config(user_agent="mybot/1.0"), site)
+    _pages, _ = await collect(config(user_agent="mybot/1.0"), site)
     assert f"{A}/p/2" not in site.urls() and f"{A}/p/3" in site.urls()
 
 
@@ -76,7 +77,7 @@ async def test_crawl_delay_lowers_rate_never_raises(autojump_clock: trio.testing
     site.pages[f"{A}/robots.txt"] = robots("User-agent: *\nCrawl-delay: 3\n")
     _, stats = await collect(config(rate=10.0), site)
     starts = site.starts()
-    gaps = [b - a for a, b in zip(starts, starts[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
     assert min(gaps) == pytest.approx(3.0)
     assert stats.hosts[A].rate == pytest.approx(1 / 3)
 
@@ -84,14 +85,14 @@ async def test_crawl_delay_lowers_rate_never_raises(autojump_clock: trio.testing
     site.pages[f"{A}/robots.txt"] = robots("User-agent: *\nRequest-rate: 1/5\n")
     await collect(config(rate=10.0), site)
     starts = site.starts()
-    assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) == pytest.approx(5.0)
+    assert min(b - a for a, b in itertools.pairwise(starts)) == pytest.approx(5.0)
 
     # A Crawl-delay shorter than the configured interval changes nothing.
     site = MockSite(chain_site(A, 6, fanout=5))
     site.pages[f"{A}/robots.txt"] = robots("User-agent: *\nCrawl-delay: 0.1\n")
     await collect(config(rate=0.5), site)
     starts = site.starts()
-    assert min(b - a for a, b in zip(starts, starts[1:], strict=False)) == pytest.approx(2.0)
+    assert min(b - a for a, b in itertools.pairwise(starts)) == pytest.approx(2.0)
 
 
 async def test_robots_4xx_allows_5xx_disallows(autojump_clock: trio.testing.MockClock) -> None:
@@ -121,7 +122,7 @@ async def test_robots_oversized_is_cut(autojump_clock: trio.testing.MockClock) -
     text = "User-agent: *\nDisallow: /p/1\n" + filler * 600 + "Disallow: /p/2\n"
     site = MockSite(chain_site(A, 3))
     site.pages[f"{A}/robots.txt"] = robots(text)
-    pages, _ = await collect(config(), site)
+    _pages, _ = await collect(config(), site)
     assert f"{A}/p/1" not in site.urls()
     assert f"{A}/p/2" in site.urls()  # the rule past 500 KiB was never read
 
