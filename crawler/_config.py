@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -90,8 +90,16 @@ class CrawlConfig:
     keep_exchanges: bool = False
     """Keep raw request/response bytes on each Page (needed for WARC output)."""
     state: Path | None = None
-    # Hooks (plain callables).
+    stay_open: bool = False
+    """Keep running when the frontier empties, for crawls fed with Crawl.add(); end with
+    Crawl.stop(). Seeds may then be empty."""
+    # Hooks: plain callables. One that raises stops the crawl with its exception.
     should_follow: Callable[[str, Page], bool] | None = None
+    """Called for each in-scope link with the page it was found on: False skips it."""
+    prepare: Callable[[httpx.Request], httpx.Request] | None = None
+    """Called with each request before it is sent (add headers, cookies); returns it."""
+    on_page: Callable[[Page], Awaitable[None] | None] | None = None
+    """Called with each page by crawler.crawl(), for callers who prefer callbacks."""
 
     def __post_init__(self) -> None:
         seeds = self.seeds
@@ -101,7 +109,7 @@ class CrawlConfig:
         for name in ("include", "exclude"):
             value = getattr(self, name)
             object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
-        if not self.seeds:
+        if not self.seeds and not self.stay_open:
             raise ValueError("seeds must name at least one URL")
         for seed in self.seeds:
             if not isinstance(seed, str):
@@ -191,7 +199,7 @@ class CrawlConfig:
         for key in ("seeds", "include", "exclude"):
             if key in merged and isinstance(merged[key], list):
                 merged[key] = tuple(merged[key])
-        if "seeds" not in merged:
+        if "seeds" not in merged and not merged.get("stay_open"):
             raise ValueError("seeds must name at least one URL")
         return cls(**merged)
 

@@ -11,6 +11,7 @@ retry or redirect hop) and send pages to the consumer over a bounded channel.
 from __future__ import annotations
 
 import datetime as dt
+import inspect
 import random
 from collections import Counter
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from contextlib import asynccontextmanager
 import httpx
 import trio
 
-from ._config import CrawlConfig
+from ._config import CrawlConfig, HostLimits, _check_number
 from ._fetch import Fetched, Fetcher
 from ._frontier import Frontier, Host, Request
 from ._links import is_html, parse_html
@@ -52,6 +53,7 @@ class Crawl:
             timeout=config.timeout,
             max_bytes=config.max_bytes,
             keep_exchanges=config.keep_exchanges,
+            prepare=config.prepare,
         )
         self._frontier = Frontier(config)
         self._global = trio.CapacityLimiter(config.concurrency)
@@ -62,6 +64,10 @@ class Crawl:
         self._pending = 0
         self._finished = trio.Event()
         self._stopping = False
+        self._paused = False
+        self._workers: trio.Nursery | None = None
+        self._worker_count = 0
+        self._redirects = 0
         self._dispatch: trio.Nursery | None = None
         self._workers_scope: trio.CancelScope | None = None
         self._rng = random.Random()
@@ -96,13 +102,61 @@ class Crawl:
         if not graceful and self._workers_scope is not None:
             self._workers_scope.cancel()
 
+    def add(self, url: str, *, depth: int = 0, priority: int = 0, seed: bool = False) -> bool:
+        """Queue a URL under the same dedup, scope and filter rules as a discovered link.
+
+        `priority > 0` puts it at the front of its host's queue. `seed=True` also widens
+        the scope to its host (or domain), as a seed given at start would. Returns whether
+        it was queued (False if seen before, out of scope, filtered, or the crawl stops)."""
+        if seed:
+            self._frontier.scope.add_seed(url)
+        return self._add(url, depth, front=priority > 0)
+
+    def set_host_limits(
+        self,
+        host: str,
+        *,
+        rate: float | None = None,
+        per_host: int | None = None,
+        burst: int | None = None,
+    ) -> None:
+        """Change one host's limits (a host name, or an origin like ``https://h:8443``),
+        for the next request, now and for the rest of the crawl."""
+        limits = HostLimits(rate=rate, burst=burst, per_host=per_host)  # validates
+        self._frontier.override(host, limits)
+
+    def set_concurrency(self, concurrency: int) -> None:
+        """Change the global in-flight cap for the next request."""
+        _check_number("concurrency", concurrency, minimum=1, integer=True)
+        self._global.total_tokens = concurrency
+        # Every global slot needs a worker to hand its request to.
+        while self._workers is not None and self._worker_count < concurrency:
+            self._start_worker(self._workers)
+
+    def pause(self, host: str | None = None) -> None:
+        """Send no new request (to one host, or anywhere); in-flight ones finish."""
+        self._set_paused(host, True)
+
+    def resume(self, host: str | None = None) -> None:
+        self._set_paused(host, False)
+
+    def _set_paused(self, host: str | None, paused: bool) -> None:
+        if host is None:
+            self._paused = paused
+            for each in self._frontier:
+                each.wake()
+            return
+        for each in self._frontier.matching(host, create=True):
+            each.paused = paused
+            each.wake()
+
     def statistics(self) -> Statistics:
         now = trio.current_time()
         end = self._ended if self._ended is not None else now
         hosts = {
             host.origin: HostStatistics(
                 origin=host.origin,
-                queued=len(host.queue) + host.staged,
+                queued=len(host.queue) + host.staged + host.waiting,
                 in_flight=host.in_flight,
                 done=host.done,
                 errors=host.errors,
@@ -111,6 +165,9 @@ class Crawl:
                 paused_until=host.paused_until if host.paused_until > now else None,
                 robots=str(host.robots.status),
                 disallowed=host.disallowed,
+                backoff=host.backoff,
+                paused=host.paused or self._paused,
+                per_host=int(host.limiter.total_tokens),
             )
             for host in self._frontier
         }
@@ -123,6 +180,9 @@ class Crawl:
             queued=sum(h.queued for h in hosts.values()),
             in_flight=sum(h.in_flight for h in hosts.values()),
             disallowed=self._disallowed,
+            redirects=self._redirects,
+            concurrency=int(self._global.total_tokens),
+            paused=self._paused,
             dropped=dict(self._frontier.dropped),
             errors_by_kind=dict(self._errors_by_kind),
             hosts=hosts,
@@ -130,29 +190,35 @@ class Crawl:
 
     # -- running ---------------------------------------------------------------------
 
-    async def _run(self) -> None:
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._started = trio.current_time()
         try:
             async with trio.open_nursery() as workers:
                 self._workers_scope = workers.cancel_scope
+                self._workers = workers
                 for _ in range(self.config.concurrency):
-                    workers.start_soon(self._worker, self._requests_recv.clone())
-                self._requests_recv.close()
+                    self._start_worker(workers)
                 async with self._requests_send, trio.open_nursery() as dispatch:
                     self._dispatch = dispatch
                     for seed in self.config.seeds:
                         self._add(seed, 0)
                     self._check_finished()
+                    task_status.started()
                     await self._finished.wait()
                     dispatch.cancel_scope.cancel()
         finally:
             self._ended = trio.current_time()
+            self._requests_recv.close()
             self._results_send.close()
             if self._owns_transport:
                 with trio.move_on_after(TRANSPORT_CLOSE_TIMEOUT, shield=True):
                     await self._transport.aclose()
 
-    def _add(self, url: str, depth: int, *, sitemap: bool = False) -> bool:
+    def _start_worker(self, workers: trio.Nursery) -> None:
+        self._worker_count += 1
+        workers.start_soon(self._worker, self._requests_recv.clone())
+
+    def _add(self, url: str, depth: int, *, sitemap: bool = False, front: bool = False) -> bool:
         if self._stopping:
             return False
         canonical = self._frontier.admit(url, depth)
@@ -166,7 +232,7 @@ class Crawl:
             sitemap=sitemap,
         )
         self._pending += 1
-        self._enqueue(request)
+        self._enqueue(request, front=front)
         return True
 
     def _enqueue(self, request: Request, *, front: bool = False) -> None:
@@ -189,7 +255,7 @@ class Crawl:
         self._check_finished()
 
     def _check_finished(self) -> None:
-        if self._pending <= 0:
+        if self._pending <= 0 and not self.config.stay_open:
             self._finished.set()
 
     # -- dispatch: one task per origin with queued work --------------------------------
@@ -227,7 +293,13 @@ class Crawl:
     async def _take_slot(self, host: Host, borrower: object) -> None:
         """Hold a global slot and a rate slot; wait for the rate slot holding nothing global."""
         while True:
+            if self._paused or host.paused:
+                await host.changed.wait()
+                continue
             await self._global.acquire_on_behalf_of(borrower)
+            if self._paused or host.paused:
+                self._global.release_on_behalf_of(borrower)
+                continue
             delay = host.bucket.try_acquire()
             if delay <= 0.0:
                 return
@@ -247,13 +319,13 @@ class Crawl:
             error = PageError(ErrorKind.ROBOTS_UNAVAILABLE, host.robots.message)
             await self._deliver(request, host, None, error)
             return False
-        host.disallowed += 1
-        self._disallowed += 1
         if request.redirects:
             # The chain's first URL was fetched: it gets a record saying where it stopped.
             error = PageError(ErrorKind.ROBOTS_DISALLOWED, f"redirect to {request.url} disallowed")
             await self._deliver(request, host, None, error)
         else:
+            host.disallowed += 1
+            self._disallowed += 1
             self._done_with(request)
         return False
 
@@ -350,7 +422,7 @@ class Crawl:
             delay = retry_delay(request.attempt, self._rng)
             request.attempt += 1
             assert self._dispatch is not None
-            self._dispatch.start_soon(self._retry_later, request, delay)
+            self._dispatch.start_soon(self._retry_later, request, host, delay)
             return
         redirect = status in REDIRECT_STATUSES and fetched.error is None
         if redirect and self._follow_redirect(request, fetched):
@@ -362,8 +434,12 @@ class Crawl:
             )
         await self._deliver(request, host, fetched, error)
 
-    async def _retry_later(self, request: Request, delay: float) -> None:
-        await trio.sleep(delay)
+    async def _retry_later(self, request: Request, host: Host, delay: float) -> None:
+        host.waiting += 1
+        try:
+            await trio.sleep(delay)
+        finally:
+            host.waiting -= 1
         self._enqueue(request, front=True)
 
     def _follow_redirect(self, request: Request, fetched: Fetched) -> bool:
@@ -399,6 +475,7 @@ class Crawl:
             chain=(*request.chain, request.url),
             exchanges=request.exchanges,
         )
+        self._redirects += 1
         self._enqueue(hop)
         return True
 
@@ -509,7 +586,7 @@ async def open_crawl(
     crawl = Crawl(config, transport)
     raised: BaseException | None = None
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(crawl._run, name="crawl")
+        await nursery.start(crawl._run, name="crawl")
         try:
             yield crawl
         except BaseException as exc:  # re-raised below, after the crawl's tasks are gone
@@ -522,8 +599,13 @@ async def open_crawl(
 async def crawl(
     config: CrawlConfig, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> Statistics:
-    """Crawl to the end, discarding pages; return the final statistics."""
+    """Crawl to the end, handing each page to `config.on_page` if set (a function or
+    coroutine function); return the final statistics."""
+    on_page = config.on_page
     async with open_crawl(config, transport=transport) as running:
-        async for _ in running:
-            pass
+        async for page in running:
+            if on_page is not None:
+                result = on_page(page)
+                if inspect.isawaitable(result):
+                    await result
         return running.statistics()

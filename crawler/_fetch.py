@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import httpx
@@ -39,8 +40,10 @@ class Fetcher:
         timeout: float,
         max_bytes: int,
         keep_exchanges: bool,
+        prepare: Callable[[httpx.Request], httpx.Request] | None = None,
     ) -> None:
         self.transport = transport
+        self.prepare = prepare
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.keep_exchanges = keep_exchanges
@@ -64,6 +67,8 @@ class Fetcher:
         length says so; with `cut=True` the body is read up to the cap and kept."""
         cap = self.max_bytes if max_bytes is None else max_bytes
         request = httpx.Request("GET", url, headers=headers or self.headers)
+        if self.prepare is not None:
+            request = self.prepare(request)
         started_at = dt.datetime.now(dt.UTC)
         start = trio.current_time()
         status: int | None = None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import trio
 
 from ._bucket import LeakyBucket
-from ._config import CrawlConfig
+from ._config import CrawlConfig, HostLimits
 from ._page import Exchange, PageError
 from ._retry import decay_backoff, grow_backoff
 from ._robots import Robots, RobotsStatus
@@ -50,6 +50,8 @@ class Host:
     queue: deque[Request] = field(default_factory=deque)
     staged: int = 0
     """Requests taken off the queue and waiting for their slots."""
+    waiting: int = 0
+    """Requests waiting out a retry delay."""
     in_flight: int = 0
     done: int = 0
     errors: int = 0
@@ -126,6 +128,8 @@ class Frontier:
         self.hosts: dict[str, Host] = {}
         self.dropped: Counter[str] = Counter()
         self.admitted = 0
+        # Limits set while the crawl runs, keyed like CrawlConfig.hosts.
+        self.overrides: dict[str, HostLimits] = {}
 
     def admit(self, url: str, depth: int, *, count: bool = True) -> str | None:
         """Return the canonical URL if it may be crawled and was not seen; mark it seen.
@@ -163,6 +167,9 @@ class Frontier:
         if host is None:
             name = host_of(url)
             rate, burst, per_host = self.config.limits_for(name, origin)
+            for key in (name, origin):
+                if key in self.overrides:
+                    rate, burst, per_host = _merge(self.overrides[key], rate, burst, per_host)
             host = Host(
                 origin=origin,
                 name=name,
@@ -177,8 +184,37 @@ class Frontier:
             self.hosts[origin] = host
         return host
 
-    def queued(self) -> int:
-        return sum(len(h.queue) + h.staged for h in self.hosts.values())
+    def override(self, key: str, limits: HostLimits) -> None:
+        """New limits for a host name or origin: for its hosts now and any created later."""
+        previous = self.overrides.get(key, HostLimits())
+        self.overrides[key] = HostLimits(
+            rate=limits.rate if limits.rate is not None else previous.rate,
+            burst=limits.burst if limits.burst is not None else previous.burst,
+            per_host=limits.per_host if limits.per_host is not None else previous.per_host,
+        )
+        for host in self.matching(key):
+            host.rate, host.burst, per_host = _merge(
+                limits, host.rate, host.burst, int(host.limiter.total_tokens)
+            )
+            host.limiter.total_tokens = per_host
+            host.apply_limits()
+
+    def matching(self, key: str, *, create: bool = False) -> list[Host]:
+        """Hosts whose name or origin is `key`; with `create`, make the origin's host."""
+        found = [h for h in self.hosts.values() if key in (h.name, h.origin)]
+        if not found and create and "://" in key:
+            canonical = normalize_url(key)
+            if canonical is not None:
+                found = [self.host_for(canonical)]
+        return found
 
     def __iter__(self) -> Iterator[Host]:
         return iter(self.hosts.values())
+
+
+def _merge(limits: HostLimits, rate: float, burst: int, per_host: int) -> tuple[float, int, int]:
+    return (
+        limits.rate if limits.rate is not None else rate,
+        limits.burst if limits.burst is not None else burst,
+        limits.per_host if limits.per_host is not None else per_host,
+    )

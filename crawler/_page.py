@@ -97,6 +97,10 @@ class HostStatistics:
     paused_until: float | None
     robots: str
     disallowed: int
+    backoff: float
+    """Adaptive interval (seconds) after signs of overload; 0 when healthy."""
+    paused: bool
+    per_host: int
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -111,9 +115,19 @@ class Statistics:
     queued: int
     in_flight: int
     disallowed: int
+    """URLs not fetched because robots.txt disallows them."""
+    redirects: int
+    """Redirect hops followed (their pages are recorded under the chain's first URL)."""
+    concurrency: int
+    paused: bool
     dropped: Mapping[str, int]
     errors_by_kind: Mapping[str, int]
     hosts: Mapping[str, HostStatistics]
+
+    @property
+    def done(self) -> int:
+        """Pages without an error."""
+        return self.pages - self.errors
 
     @property
     def pages_per_second(self) -> float:

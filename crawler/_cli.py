@@ -1,0 +1,863 @@
+"""The ``crawl`` command: flags and a TOML file onto CrawlConfig, pages onto JSON Lines and WARC.
+
+Settings are merged as CrawlConfig defaults < ``--config FILE.toml`` < flags.
+Exit status: 0 when the crawl ran (failed pages are in the output with their
+error), 1 on a fatal runtime error (an output that cannot be written), 2 on a
+usage error, 130 / 143 when stopped by SIGINT / SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import datetime as dt
+import json
+import logging
+import math
+import os
+import re
+import signal
+import sys
+import threading
+import time
+import tomllib
+from collections import deque
+from collections.abc import AsyncIterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, NoReturn, TextIO
+
+import httpx
+import trio
+
+from ._config import CrawlConfig, MiB
+from ._engine import Crawl, open_crawl
+from ._output import JsonLinesWriter, OutputError, WarcWriter
+from ._page import Page, Statistics
+from ._version import __version__
+
+__all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_USAGE", "Options", "build_config", "main", "parse_args"]
+
+PROG = "crawl"
+EXIT_OK = 0
+EXIT_FATAL = 1
+EXIT_USAGE = 2
+GRACE_PERIOD = 5.0
+"""Seconds in-flight requests get to finish after the first SIGINT/SIGTERM."""
+PROGRESS_INTERVAL = 0.25
+RATE_WINDOW = 5.0
+TOP_HOSTS = 5
+
+_FIELDS = {f.name: f for f in dataclasses.fields(CrawlConfig)}
+_DEFAULTS: dict[str, Any] = {
+    name: f.default for name, f in _FIELDS.items() if f.default is not dataclasses.MISSING
+}
+_BOOL_FIELDS = tuple(name for name, value in _DEFAULTS.items() if isinstance(value, bool))
+_NOT_IN_FILES = ("should_follow",)
+"""CrawlConfig fields a config file cannot set (hooks are Python callables)."""
+
+log = logging.getLogger("crawler.cli")
+
+
+class UsageError(Exception):
+    """Bad command line or config file: reported as one line, exit status 2."""
+
+
+# ---------------------------------------------------------------------------
+# Arguments
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message)
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Show ``-o, --output PATH`` rather than ``-o PATH, --output PATH``."""
+
+    def _format_action_invocation(self, action: argparse.Action) -> str:
+        if not action.option_strings or action.nargs == 0:
+            return super()._format_action_invocation(action)
+        metavar = self._format_args(action, self._get_default_metavar_for_optional(action))
+        return f"{', '.join(action.option_strings)} {metavar}"
+
+
+def _integer(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+
+
+def _number(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _show(name: str) -> str:
+    """A CrawlConfig default as --help shows it."""
+    value = _DEFAULTS[name]
+    if value is None:
+        return "no limit"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if name == "max_bytes" and isinstance(value, int) and value % MiB == 0:
+        return f"{value} = {value // MiB} MiB"
+    return str(value)
+
+
+_EPILOG = f"""\
+settings are merged as: built-in defaults < --config FILE.toml < flags.
+A config file takes the CrawlConfig keys, e.g.:
+
+  seeds = ["https://example.com/"]
+  rate = 2
+  exclude = ["/login", "[?&]sort="]
+  [hosts."example.com"]
+  rate = 5
+  per_host = 4
+
+exit status: 0 the crawl ran (failed pages are in the output with their error),
+1 fatal runtime error (e.g. an output that cannot be written), 2 usage error,
+130 / 143 stopped by SIGINT / SIGTERM (outputs are complete and closed).
+
+{PROG} {__version__}"""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog=PROG,
+        usage=f"{PROG} [options] SEED [SEED ...]",
+        description="Crawl the web from SEED URLs, politely; write pages as JSON Lines "
+        "(and optionally a WARC archive).",
+        epilog=_EPILOG,
+        formatter_class=_HelpFormatter,
+    )
+    p.add_argument("seeds", nargs="*", metavar="SEED", help="start URL(s) (http or https)")
+
+    out = p.add_argument_group("output")
+    out.add_argument(
+        "-o",
+        "--output",
+        metavar="PATH",
+        default="-",
+        help="pages as JSON Lines ('-' = stdout; default: -)",
+    )
+    out.add_argument(
+        "--warc",
+        metavar="PATH",
+        help="also write a WARC file of every HTTP exchange (.warc.gz: gzip per record; "
+        "default: none)",
+    )
+
+    scope = p.add_argument_group("what to crawl")
+    scope.add_argument(
+        "--max-pages",
+        metavar="N",
+        type=_integer,
+        help=f"stop after N pages (default: {_show('max_pages')})",
+    )
+    scope.add_argument(
+        "--max-depth",
+        metavar="N",
+        type=_integer,
+        help=f"follow links at most N hops from a seed (default: {_show('max_depth')})",
+    )
+    scope.add_argument(
+        "--scope",
+        choices=("host", "domain", "any"),
+        help="follow links to the seed's host, its registrable domain, or anywhere "
+        f"(default: {_show('scope')})",
+    )
+    scope.add_argument(
+        "--include",
+        metavar="REGEX",
+        action="append",
+        help="only follow URLs matching REGEX (repeatable; default: all)",
+    )
+    scope.add_argument(
+        "--exclude",
+        metavar="REGEX",
+        action="append",
+        help="never follow URLs matching REGEX (repeatable; default: none)",
+    )
+    scope.add_argument(
+        "--ignore-robots",
+        dest="obey_robots",
+        action="store_const",
+        const=False,
+        help="do not fetch or obey robots.txt (default: robots.txt obeyed)",
+    )
+    scope.add_argument(
+        "--sitemaps",
+        action="store_const",
+        const=True,
+        help="also seed from the sitemaps robots.txt lists (default: off)",
+    )
+
+    polite = p.add_argument_group("politeness and limits")
+    polite.add_argument(
+        "--concurrency",
+        metavar="N",
+        type=_integer,
+        help=f"global cap on requests in flight (default: {_show('concurrency')})",
+    )
+    polite.add_argument(
+        "--per-host",
+        metavar="N",
+        type=_integer,
+        help=f"cap on requests in flight per host (default: {_show('per_host')})",
+    )
+    polite.add_argument(
+        "--rate",
+        metavar="R",
+        type=_number,
+        help=f"requests per second per host, 0 = unlimited (default: {_show('rate')})",
+    )
+    polite.add_argument(
+        "--burst",
+        metavar="B",
+        type=_integer,
+        help=f"requests a host may get back to back (default: {_show('burst')})",
+    )
+    polite.add_argument(
+        "--user-agent", metavar="UA", help=f"User-Agent header (default: {_show('user_agent')})"
+    )
+    polite.add_argument(
+        "--retries",
+        metavar="N",
+        type=_integer,
+        help=f"retries after a timeout, reset or 5xx/429 (default: {_show('retries')})",
+    )
+    polite.add_argument(
+        "--max-bytes",
+        metavar="N",
+        type=_integer,
+        help=f"cut bodies at N bytes (default: {_show('max_bytes')})",
+    )
+    polite.add_argument(
+        "--timeout",
+        metavar="SECONDS",
+        type=_number,
+        help="total deadline for one request, connect and read included "
+        f"(default: {_show('timeout')})",
+    )
+
+    run = p.add_argument_group("running")
+    run.add_argument(
+        "--state",
+        metavar="DIR",
+        type=Path,
+        help="keep the crawl's state in DIR, to resume it later (default: none)",
+    )
+    run.add_argument(
+        "--config",
+        metavar="FILE.toml",
+        help='read settings (CrawlConfig keys, [hosts."NAME"] tables) from a TOML file; '
+        "flags override it (default: none)",
+    )
+    run.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress display and no summary"
+    )
+    run.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="structured log lines on stderr (default: off)",
+    )
+    run.add_argument(
+        "--log-format",
+        choices=("logfmt", "json"),
+        default="logfmt",
+        help="format of the -v log lines (default: logfmt)",
+    )
+    run.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    return p
+
+
+# Flags whose value goes straight to the CrawlConfig field of the same name.
+_CONFIG_FLAGS: dict[str, str] = {
+    "max_pages": "--max-pages",
+    "max_depth": "--max-depth",
+    "scope": "--scope",
+    "include": "--include",
+    "exclude": "--exclude",
+    "obey_robots": "--ignore-robots",
+    "sitemaps": "--sitemaps",
+    "concurrency": "--concurrency",
+    "per_host": "--per-host",
+    "rate": "--rate",
+    "burst": "--burst",
+    "user_agent": "--user-agent",
+    "retries": "--retries",
+    "max_bytes": "--max-bytes",
+    "timeout": "--timeout",
+    "state": "--state",
+}
+
+
+@dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
+class Options:
+    """A parsed command line: the crawl's settings and what the command does with the pages."""
+
+    config: CrawlConfig
+    output: str = "-"
+    warc: str | None = None
+    quiet: bool = False
+    verbose: bool = False
+    log_format: Literal["logfmt", "json"] = "logfmt"
+    config_file: str | None = None
+
+
+def _load_config_file(path: str) -> dict[str, Any]:
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: invalid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise UsageError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+    for name in _NOT_IN_FILES:
+        if name in data:
+            raise UsageError(f"{path}: {name} cannot be set in a config file")
+    for name in _BOOL_FIELDS:
+        if name in data and not isinstance(data[name], bool):
+            raise UsageError(f"{path}: {name} must be true or false, got {data[name]!r}")
+    if "state" in data and not isinstance(data["state"], str):
+        raise UsageError(f"{path}: state must be a directory path, got {data['state']!r}")
+    return data
+
+
+def _relabel(message: str, origins: Mapping[str, str], config_file: str | None) -> str:
+    """Name where a bad value came from: the flag, or the config file."""
+    match = re.match(r"(\w+)", message)
+    name = match.group(1) if match else ""
+    origin = origins.get(name)
+    if origin is not None and origin != "file":
+        return origin + message[len(name) :]
+    if config_file is not None and (origin == "file" or name not in _FIELDS):
+        return f"{config_file}: {message}"
+    return message
+
+
+def parse_args(argv: Sequence[str] | None = None) -> Options:
+    """Parse a command line into Options; raise UsageError with a one-line message."""
+    args = _build_parser().parse_args(argv)
+    data: dict[str, Any] = {}
+    origins: dict[str, str] = {}
+    if args.config is not None:
+        data = _load_config_file(args.config)
+        origins = dict.fromkeys(data, "file")
+    for name, flag in _CONFIG_FLAGS.items():
+        value = getattr(args, name)
+        if value is not None:
+            data[name] = tuple(value) if isinstance(value, list) else value
+            origins[name] = flag
+    if args.seeds:
+        data["seeds"] = tuple(args.seeds)
+        origins["seeds"] = "SEED"
+    if args.warc is not None:
+        data["keep_exchanges"] = True
+    if not data.get("seeds"):
+        where = f" or seeds = [...] in {args.config}" if args.config else ""
+        raise UsageError(f"no seed URL given (pass SEED arguments{where})")
+    try:
+        config = CrawlConfig.from_mapping(data)
+    except (ValueError, TypeError) as exc:
+        raise UsageError(_relabel(str(exc), origins, args.config)) from None
+    return Options(
+        config=config,
+        output=args.output,
+        warc=args.warc,
+        quiet=args.quiet,
+        verbose=args.verbose,
+        log_format=args.log_format,
+        config_file=args.config,
+    )
+
+
+def build_config(argv: Sequence[str] | None = None) -> CrawlConfig:
+    """The CrawlConfig a command line asks for (defaults < config file < flags)."""
+    return parse_args(argv).config
+
+
+# ---------------------------------------------------------------------------
+# Logging (-v)
+
+
+class _StderrHandler(logging.Handler):
+    """Writes to whatever sys.stderr is now (rich's live display swaps it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            stream = sys.stderr
+            stream.write(self.format(record) + "\n")
+            stream.flush()
+        except Exception:  # pragma: no cover - logging must never crash the crawl
+            self.handleError(record)
+
+
+_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+
+def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
+    ts = dt.datetime.fromtimestamp(record.created, dt.UTC)
+    out: dict[str, Any] = {
+        "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
+        "level": record.levelname.lower(),
+        "logger": record.name,
+        "msg": record.getMessage(),
+    }
+    for key, value in record.__dict__.items():
+        if key not in _RESERVED and not key.startswith("_"):
+            out[key] = value
+    if record.exc_info:
+        out["exc"] = logging.Formatter().formatException(record.exc_info)
+    return out
+
+
+def _logfmt_value(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = value if isinstance(value, str) else str(value)
+    if text and not re.search(r'[\s"=\\]', text) and text.isprintable():
+        return text
+    return json.dumps(text)
+
+
+class LogfmtFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _record_fields(record).items())
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(_record_fields(record), default=str, separators=(",", ":"))
+
+
+def _setup_logging(options: Options) -> None:
+    logger = logging.getLogger("crawler")
+    logger.propagate = False
+    for old in [h for h in logger.handlers if isinstance(h, _StderrHandler | logging.NullHandler)]:
+        logger.removeHandler(old)
+    if options.verbose:
+        handler = _StderrHandler()
+        handler.setFormatter(
+            LogfmtFormatter() if options.log_format == "logfmt" else JsonFormatter()
+        )
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    else:
+        logger.addHandler(logging.NullHandler())
+
+
+# ---------------------------------------------------------------------------
+# Progress and summary
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _human_seconds(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}"
+
+
+def throttled_hosts(config: CrawlConfig, stats: Statistics) -> int:
+    """Hosts held below their configured rate now (Retry-After pause, robots delay, backoff)."""
+    count = 0
+    for origin, host in stats.hosts.items():
+        if host.paused_until is not None:
+            count += 1
+            continue
+        if host.rate <= 0:
+            continue  # unlimited: not throttled
+        try:
+            name = httpx.URL(origin).host
+        except httpx.InvalidURL:  # pragma: no cover - origins come from parsed URLs
+            name = origin
+        configured = config.limits_for(name, origin)[0]
+        if configured == 0 or host.rate < configured * (1 - 1e-9):
+            count += 1
+    return count
+
+
+class _Progress:
+    """A live status line on stderr, refreshed from Crawl.statistics()."""
+
+    def __init__(self, config: CrawlConfig) -> None:
+        self.config = config
+        self.samples: deque[tuple[float, int]] = deque()
+
+    def render(self, stats: Statistics) -> Any:
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.spinner import Spinner
+        from rich.table import Table
+        from rich.text import Text
+
+        now = time.monotonic()
+        self.samples.append((now, stats.pages))
+        while self.samples and now - self.samples[0][0] > RATE_WINDOW:
+            self.samples.popleft()
+        first_time, first_pages = self.samples[0]
+        span = now - first_time
+        rate = (stats.pages - first_pages) / span if span > 0.5 else stats.pages_per_second
+
+        line = Text()
+        line.append(f"{stats.pages:,} pages", style="bold")
+        line.append(f"  {rate:,.1f}/s", style="cyan")
+        line.append(f"  queued {stats.queued:,}  in flight {stats.in_flight:,}")
+        line.append("  errors ")
+        line.append(f"{stats.errors:,}", style="red" if stats.errors else "")
+        line.append(
+            f"  hosts {len(stats.hosts):,} ({throttled_hosts(self.config, stats):,} throttled)"
+        )
+        line.append(f"  {_human_bytes(stats.bytes)}  {_human_seconds(stats.elapsed)}", style="dim")
+        grid = Table.grid(padding=(0, 1))
+        grid.add_row(Spinner("dots", style="green"), line)
+        max_pages = self.config.max_pages
+        if max_pages:
+            bar = ProgressBar(total=max_pages, completed=min(stats.pages, max_pages), width=40)
+            return Group(grid, bar)
+        return grid
+
+
+def print_summary(
+    stats: Statistics,
+    *,
+    file: TextIO,
+    outputs: Sequence[tuple[str, str]] = (),
+    stopped_by: str | None = None,
+) -> None:
+    """The end-of-crawl summary table (printed even when stderr is not a terminal)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console(file=file, highlight=False, soft_wrap=False)
+    table = Table(title="crawl summary", show_header=False, title_justify="left", box=box.ROUNDED)
+    table.add_column("what", style="bold")
+    table.add_column("value", overflow="fold")
+    ok = stats.pages - stats.errors
+    table.add_row("pages", f"{stats.pages:,} ({ok:,} ok, {stats.errors:,} with errors)")
+    if stats.errors_by_kind:
+        kinds = sorted(stats.errors_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
+        table.add_row("errors by kind", ", ".join(f"{kind} {n:,}" for kind, n in kinds))
+    else:
+        table.add_row("errors by kind", "none")
+    table.add_row("bytes", f"{_human_bytes(stats.bytes)} ({stats.bytes:,})")
+    table.add_row("pages/s", f"{stats.pages_per_second:,.1f}")
+    table.add_row("elapsed", _human_seconds(stats.elapsed))
+    table.add_row("seen URLs", f"{stats.seen:,}")
+    if stats.disallowed:
+        table.add_row("robots.txt disallowed", f"{stats.disallowed:,}")
+    dropped = {k: v for k, v in stats.dropped.items() if v}
+    if dropped:
+        table.add_row("links dropped", ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())))
+    if stats.queued or stats.in_flight:
+        table.add_row("left undone", f"{stats.queued:,} queued, {stats.in_flight:,} in flight")
+    for label, value in outputs:
+        table.add_row(label, value)
+    if stopped_by is not None:
+        table.add_row("stopped by", stopped_by)
+    console.print(table)
+
+    if stats.hosts:
+        top = sorted(stats.hosts.values(), key=lambda h: (-(h.done + h.errors), h.origin))
+        hosts = Table(
+            title=f"top hosts ({len(stats.hosts):,} in all)", title_justify="left", box=box.ROUNDED
+        )
+        hosts.add_column("host", overflow="fold")
+        hosts.add_column("pages", justify="right")
+        hosts.add_column("errors", justify="right")
+        hosts.add_column("bytes", justify="right")
+        hosts.add_column("rate now (req/s)", justify="right")
+        for host in top[:TOP_HOSTS]:
+            hosts.add_row(
+                host.origin,
+                f"{host.done + host.errors:,}",
+                f"{host.errors:,}",
+                _human_bytes(host.bytes),
+                f"{host.rate:g}" if host.rate > 0 else "unlimited",
+            )
+        console.print(hosts)
+
+
+# ---------------------------------------------------------------------------
+# Running
+
+
+def _signal_name(signum: int) -> str:
+    try:
+        return signal.Signals(signum).name
+    except ValueError:  # pragma: no cover
+        return f"signal {signum}"
+
+
+class _Run:
+    """One run of the command: the outputs, the crawl, the signal watcher, the progress display."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+        self.config = options.config
+        self.crawl: Crawl | None = None
+        self.stats: Statistics | None = None
+        self.signal: int | None = None
+        self.hard_stop = False
+        self.stop_how = "graceful stop"
+        self.fatal: OutputError | None = None
+        self.work_scope = trio.CancelScope()
+        self.outputs: list[tuple[str, str]] = []
+
+    def _say(self, message: str) -> None:
+        if not self.options.quiet:
+            print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+    async def main(self) -> int:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._watch_signals, signals, nursery)
+                await self._crawl(nursery)
+                nursery.cancel_scope.cancel()
+            if not self.options.quiet and self.stats is not None:
+                stopped_by = None
+                if self.signal is not None:
+                    stopped_by = f"{_signal_name(self.signal)} ({self.stop_how})"
+                print_summary(
+                    self.stats, file=sys.stderr, outputs=self.outputs, stopped_by=stopped_by
+                )
+            if self.fatal is not None:
+                print(f"{PROG}: error: {self.fatal}", file=sys.stderr, flush=True)
+                return EXIT_FATAL
+            if self.signal is not None:
+                return 128 + self.signal
+            return EXIT_OK
+
+    async def _crawl(self, nursery: trio.Nursery) -> None:
+        options = self.options
+        jsonl: JsonLinesWriter | None = None
+        warc: WarcWriter | None = None
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                with self.work_scope:
+                    jsonl = await stack.enter_async_context(JsonLinesWriter(options.output))
+                    if options.warc is not None:
+                        warc = WarcWriter(options.warc, config=self.config)
+                        await stack.enter_async_context(warc)
+                    log.info(
+                        "crawl started",
+                        extra={"seeds": " ".join(self.config.seeds), "output": options.output},
+                    )
+                    async with open_crawl(self.config) as crawl:
+                        self.crawl = crawl
+                        if self.signal is not None:
+                            crawl.stop(graceful=not self.hard_stop)
+                        if self._wants_progress():
+                            nursery.start_soon(self._show_progress, crawl)
+                        try:
+                            await self._consume(crawl, jsonl, warc)
+                        finally:
+                            self.stats = crawl.statistics()
+        except OutputError as exc:
+            self.fatal = exc
+        finally:
+            if jsonl is not None:
+                target = "stdout" if jsonl.path == "-" else jsonl.path
+                self.outputs.append(("pages written", f"{jsonl.lines:,} to {target}"))
+            if warc is not None:
+                self.outputs.append(("WARC records", f"{warc.records:,} to {warc.path}"))
+            if self.stats is not None:
+                s = self.stats
+                log.info(
+                    "crawl finished",
+                    extra={"pages": s.pages, "errors": s.errors, "bytes": s.bytes,
+                           "elapsed": round(s.elapsed, 3)},
+                )  # fmt: skip
+
+    def _wants_progress(self) -> bool:
+        """A live display on stderr, unless -q, stderr is no terminal, or pages go to it."""
+        if self.options.quiet or not _is_terminal(sys.stderr):
+            return False
+        return not (self.options.output == "-" and _is_terminal(sys.stdout))
+
+    async def _consume(self, crawl: Crawl, jsonl: JsonLinesWriter, warc: WarcWriter | None) -> None:
+        verbose = log.isEnabledFor(logging.INFO)
+        async for page in crawl:
+            try:
+                await jsonl.write(page)
+                if warc is not None:
+                    await warc.write(page)
+            except OutputError as exc:
+                self.fatal = exc
+                crawl.stop(graceful=False)
+                return
+            if verbose:
+                _log_page(page)
+
+    async def _watch_signals(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
+        async for signum in signals:
+            if self.signal is None:
+                self.signal = signum
+                in_flight = self.crawl.statistics().in_flight if self.crawl is not None else 0
+                log.warning("signal", extra={"signal": _signal_name(signum), "action": "graceful"})
+                name = _signal_name(signum)
+                if in_flight:
+                    self._say(
+                        f"{name}: stopping; letting {in_flight} request(s) in flight finish "
+                        f"(up to {GRACE_PERIOD:g} s). Signal again to stop at once."
+                    )
+                else:
+                    self._say(f"{name}: stopping.")
+                if self.crawl is not None:
+                    self.crawl.stop(graceful=True)
+                nursery.start_soon(self._grace_timer)
+            else:
+                log.warning("signal", extra={"signal": _signal_name(signum), "action": "cancel"})
+                self._say(f"{_signal_name(signum)} again: stopping now.")
+                self._stop_now()
+
+    async def _grace_timer(self) -> None:
+        await trio.sleep(GRACE_PERIOD)
+        if self.crawl is not None and not self.hard_stop:
+            self._say(f"in-flight requests still running after {GRACE_PERIOD:g} s: cancelling.")
+            self.hard_stop = True
+            self.stop_how = f"in-flight requests cancelled after {GRACE_PERIOD:g} s"
+            self.crawl.stop(graceful=False)
+
+    def _stop_now(self) -> None:
+        self.hard_stop = True
+        self.stop_how = "stopped at once"
+        if self.crawl is not None:
+            self.stats = self.crawl.statistics()
+            self.crawl.stop(graceful=False)
+        self.work_scope.cancel()
+
+    async def _show_progress(self, crawl: Crawl) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        progress = _Progress(self.config)
+        console = Console(file=sys.stderr)
+        with Live(
+            progress.render(crawl.statistics()),
+            console=console,
+            auto_refresh=False,
+            transient=True,
+            redirect_stdout=False,
+        ) as live:
+            while True:
+                await trio.sleep(PROGRESS_INTERVAL)
+                live.update(progress.render(crawl.statistics()), refresh=True)
+
+
+def _log_page(page: Page) -> None:
+    if page.error is None:
+        log.info(
+            "page",
+            extra={
+                "url": page.url,
+                "status": page.status,
+                "depth": page.depth,
+                "bytes": len(page.body),
+                "links": len(page.links),
+                "elapsed": round(page.elapsed, 4),
+            },
+        )
+    else:
+        log.warning(
+            "page failed",
+            extra={
+                "url": page.url,
+                "status": page.status,
+                "depth": page.depth,
+                "kind": str(page.error.kind),
+                "error": page.error.message,
+            },
+        )
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class _Terminated(BaseException):
+    """SIGTERM outside the crawl's own signal handling (start-up, shutdown)."""
+
+
+def _on_late_sigterm(signum: int, frame: object) -> None:
+    raise _Terminated
+
+
+def _contains(exc: BaseException, kind: type[BaseException]) -> bool:
+    if isinstance(exc, kind):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_contains(inner, kind) for inner in exc.exceptions)
+    return False
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``crawl`` console script; returns the exit status."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # before or after the crawl's own signal handling
+        return 128 + signal.SIGINT
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    try:
+        options = parse_args(argv)
+    except UsageError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    _setup_logging(options)
+    previous: Any = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_late_sigterm)
+    try:
+        code = trio.run(_Run(options).main)
+    except BaseException as exc:
+        if _contains(exc, KeyboardInterrupt):
+            return 128 + signal.SIGINT
+        if _contains(exc, _Terminated):
+            return 128 + signal.SIGTERM
+        raise
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+    if options.output == "-":
+        _quiet_stdout_on_exit()
+    return code
+
+
+def _quiet_stdout_on_exit() -> None:
+    """Avoid 'Exception ignored ... BrokenPipeError' at exit when stdout's reader went away."""
+    try:
+        sys.stdout.flush()
+    except OSError:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
