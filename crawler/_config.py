@@ -85,6 +85,21 @@ class CrawlConfig:
     max_retry_after: float = 600.0
     max_url_length: int = 2083
     max_links_per_page: int = 10_000
+    max_path_depth: int = 32
+    """Links with more path segments than this are dropped (link traps)."""
+    max_path_repeats: int = 3
+    """Links repeating one path segment more than this many times are dropped (traps)."""
+    max_host_queue: int = 100_000
+    """URLs queued per host beyond this are dropped and counted."""
+    max_queued: int = 1_000_000
+    """URLs queued in memory in all, beyond this dropped and counted (spilled with state)."""
+    max_time: float | None = None
+    """Stop gracefully after this many seconds (None = no limit)."""
+    max_header_bytes: int = 64 * 1024
+    max_headers: int = 200
+    block_private: bool = False
+    """Refuse to connect to loopback, private, link-local and other non-public addresses
+    (checked after DNS resolution), except the seeds' own hosts."""
     result_buffer: int = 0
     """Pages buffered for the consumer; 0 hands each page over directly (tightest backpressure)."""
     keep_exchanges: bool = False
@@ -154,6 +169,14 @@ class CrawlConfig:
         _check_number("max_redirects", self.max_redirects, minimum=0, integer=True)
         _check_number("max_url_length", self.max_url_length, minimum=16, integer=True)
         _check_number("max_links_per_page", self.max_links_per_page, minimum=0, integer=True)
+        _check_number("max_path_depth", self.max_path_depth, minimum=1, integer=True)
+        _check_number("max_path_repeats", self.max_path_repeats, minimum=1, integer=True)
+        _check_number("max_host_queue", self.max_host_queue, minimum=1, integer=True)
+        _check_number("max_queued", self.max_queued, minimum=1, integer=True)
+        _check_number("max_header_bytes", self.max_header_bytes, minimum=1024, integer=True)
+        _check_number("max_headers", self.max_headers, minimum=1, integer=True)
+        if self.max_time is not None:
+            _check_number("max_time", self.max_time, minimum=0)
         _check_number("result_buffer", self.result_buffer, minimum=0, integer=True)
         if self.state is not None:
             object.__setattr__(self, "state", Path(self.state))
