@@ -1,0 +1,625 @@
+"""A lean HTTP/1.1 transport for httpx on trio, built directly on h11.
+
+httpx's default pool (httpcore over anyio) costs several times more CPU per request on
+trio than the wire work itself. :class:`TrioTransport` implements
+``httpx.AsyncBaseTransport`` with one trio stream and one ``h11.Connection`` per
+connection, a per-origin LIFO keep-alive pool, and a streaming response body that
+returns the payload exactly as received (de-chunked, but still content-encoded).
+
+The crawler engine calls :meth:`TrioTransport.handle_async_request` directly, reads
+the body with ``response.aiter_raw()`` and then ``await response.aclose()``; it also
+works as ``httpx.AsyncClient(transport=TrioTransport())``.
+
+Invariants:
+
+* Pool bookkeeping is synchronous (between checkpoints); no lock is ever held across
+  network I/O. A connection is pooled only when its response was fully read and h11
+  says both sides are ``DONE``; anything else closes it.
+* Every error and cancellation path closes the stream (shielded ``trio.aclose_forcefully``),
+  and ``trio.Cancelled`` is always re-raised.
+* Errors surface as httpx exceptions with the request attached.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from typing import Final
+
+import h11
+import httpx
+import trio
+
+__all__ = ["ConnectHook", "TrioTransport"]
+
+ConnectHook = Callable[[str, int], Awaitable[trio.abc.Stream]]
+"""``async def connect(host, port) -> trio.abc.Stream``: opens the TCP (not TLS) stream."""
+
+_RECEIVE_SIZE: Final = 65_536
+_SEND_CHUNK: Final = 65_536
+_MAX_INFORMATIONAL: Final = 32
+# Timeouts are re-armed after each I/O step unless less than this much time passed.
+_DEADLINE_SLACK: Final = 0.001
+_HTTP_VERSIONS: Final = {b"1.1": b"HTTP/1.1", b"1.0": b"HTTP/1.0"}
+_EOM: Final = h11.EndOfMessage()
+_NEED_DATA: Final = h11.NEED_DATA
+_DONE: Final = h11.DONE
+_Data: Final = h11.Data
+_EndOfMessage: Final = h11.EndOfMessage
+# What a broken/closed socket or TLS layer raises in trio.
+_IO_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
+
+_PoolKey = tuple[str, str, int]
+
+
+def _default_ssl_context() -> ssl.SSLContext:
+    """A verifying client context: certifi's CA bundle, else the system store."""
+    try:
+        import certifi
+
+        ctx = ssl.create_default_context(cafile=certifi.where())
+    except (ImportError, OSError):  # pragma: no cover - certifi is a dependency
+        ctx = ssl.create_default_context()
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _unverified_ssl_context() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def _describe(exc: BaseException) -> str:
+    """A useful one-line message: trio wraps the real cause (e.g. an SSLError)."""
+    parts: list[str] = []
+    seen: BaseException | None = exc
+    while seen is not None and len(parts) < 3:
+        text = str(seen) or type(seen).__name__
+        if text not in parts:
+            parts.append(text)
+        seen = seen.__cause__
+    return ": ".join(parts)
+
+
+async def _discard(stream: trio.abc.AsyncResource) -> None:
+    """Close ``stream`` at once, even inside a cancelled scope.
+
+    ``trio.aclose_forcefully`` under a shield: the close itself is cancelled
+    immediately (no TLS close_notify, no waiting), and an outer cancellation cannot
+    interrupt it before the socket is closed; it is delivered at the next checkpoint.
+    """
+    with trio.CancelScope(shield=True):
+        await trio.aclose_forcefully(stream)
+
+
+class _Stale(Exception):
+    """A reused keep-alive connection was dead before any response byte arrived."""
+
+
+class _Conn:
+    """One pooled HTTP/1.1 connection: a trio stream plus its h11 state machine."""
+
+    __slots__ = ("h11", "idle_since", "key", "stream")
+
+    def __init__(self, stream: trio.abc.Stream, key: _PoolKey, max_header_bytes: int) -> None:
+        self.stream = stream
+        self.key = key
+        self.h11 = h11.Connection(h11.CLIENT, max_incomplete_event_size=max_header_bytes)
+        self.idle_since = 0.0
+
+
+class _ResponseBody(httpx.AsyncByteStream):
+    """The response body, read from the connection on demand.
+
+    Yields the payload as received (after de-chunking, before content decoding).
+    Reaching the end hands the connection back to the transport (pool or close);
+    ``aclose()`` before the end, an error or a cancellation closes it.
+    """
+
+    __slots__ = ("_chunks", "_conn", "_request", "_transport")
+
+    def __init__(
+        self,
+        transport: TrioTransport,
+        conn: _Conn | None,
+        chunks: list[bytes],
+        request: httpx.Request,
+    ) -> None:
+        self._transport = transport
+        self._conn = conn
+        self._chunks = chunks
+        self._request = request
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return self
+
+    async def __anext__(self) -> bytes:
+        chunks = self._chunks
+        if chunks:
+            return chunks.pop(0)
+        conn = self._conn
+        if conn is None:
+            raise StopAsyncIteration
+        h = conn.h11
+        stream = conn.stream
+        read_timeout = self._transport._read_timeout
+        eof = False
+        try:
+            while True:
+                try:
+                    event = h.next_event()
+                except h11.RemoteProtocolError as exc:
+                    if eof:
+                        raise httpx.ReadError(
+                            f"connection closed before the response body was complete: {exc}",
+                            request=self._request,
+                        ) from exc
+                    raise httpx.RemoteProtocolError(str(exc), request=self._request) from exc
+                if type(event) is _Data:
+                    return bytes(event.data)
+                if type(event) is _EndOfMessage:
+                    break
+                if event is not _NEED_DATA:
+                    raise httpx.RemoteProtocolError(
+                        f"unexpected HTTP event in response body: {event!r}", request=self._request
+                    )
+                try:
+                    with trio.CancelScope(relative_deadline=read_timeout) as scope:
+                        data = await stream.receive_some(_RECEIVE_SIZE)
+                except _IO_ERRORS as exc:
+                    raise httpx.ReadError(_describe(exc), request=self._request) from exc
+                if scope.cancelled_caught:
+                    raise httpx.ReadTimeout(
+                        f"no response data for {read_timeout:g}s", request=self._request
+                    )
+                if not data:
+                    eof = True
+                h.receive_data(data)  # type: ignore[arg-type]  # bytearray works too
+        except BaseException:
+            self._conn = None
+            await _discard(stream)
+            raise
+        self._conn = None
+        if not self._transport._release(conn):
+            await _discard(stream)
+        raise StopAsyncIteration
+
+    async def aclose(self) -> None:
+        self._chunks.clear()
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            await _discard(conn.stream)
+
+
+class TrioTransport(httpx.AsyncBaseTransport):
+    """HTTP/1.1 over trio + h11, with a per-origin LIFO keep-alive pool.
+
+    Args:
+        verify: ``True`` (default) verifies TLS with certifi's CA bundle (falling back
+            to the system store); ``False`` disables verification; or pass an
+            ``ssl.SSLContext`` to use as is.
+        max_connections_per_origin: how many idle keep-alive connections are kept per
+            (scheme, host, port). It does not limit concurrency: extra concurrent
+            requests open extra connections, closed when the pool is full.
+        connect_timeout: seconds for TCP connect plus TLS handshake.
+        read_timeout: longest silence between two reads; also bounds each write.
+        max_header_bytes: largest response head (status line plus headers).
+        max_headers: most header fields in a response head.
+        keepalive_expiry: idle connections older than this are closed, not reused.
+        connect: optional ``async (host, port) -> trio.abc.Stream`` replacing
+            ``trio.open_tcp_stream`` (e.g. to refuse private addresses after DNS
+            resolution). TLS is layered on top of the stream it returns.
+    """
+
+    def __init__(
+        self,
+        *,
+        verify: bool | ssl.SSLContext = True,
+        max_connections_per_origin: int = 8,
+        connect_timeout: float = 10.0,
+        read_timeout: float = 15.0,
+        max_header_bytes: int = 64 * 1024,
+        max_headers: int = 200,
+        keepalive_expiry: float = 30.0,
+        connect: ConnectHook | None = None,
+    ) -> None:
+        if max_connections_per_origin < 0:
+            raise ValueError("max_connections_per_origin must be >= 0")
+        for name, value in (
+            ("connect_timeout", connect_timeout),
+            ("read_timeout", read_timeout),
+            ("keepalive_expiry", keepalive_expiry),
+        ):
+            if not value >= 0:  # also rejects NaN
+                raise ValueError(f"{name} must be >= 0, got {value!r}")
+        if max_header_bytes < 1 or max_headers < 1:
+            raise ValueError("max_header_bytes and max_headers must be >= 1")
+        self._verify = verify
+        self._ssl_context: ssl.SSLContext | None = (
+            verify if isinstance(verify, ssl.SSLContext) else None
+        )
+        self._max_per_origin = max_connections_per_origin
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_header_bytes = max_header_bytes
+        self._max_headers = max_headers
+        self._keepalive_expiry = keepalive_expiry
+        self._connect_hook = connect
+        self._pool: dict[_PoolKey, list[_Conn]] = {}
+        self._doomed: list[_Conn] = []
+        self._sweep_interval = min(max(keepalive_expiry / 2, 0.1), 5.0)
+        self._next_sweep = 0.0
+        self._closed = False
+
+    # ------------------------------------------------------------------ public API
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self._closed:
+            raise RuntimeError("TrioTransport is closed")
+        url = request.url
+        scheme = url.scheme
+        if scheme != "http" and scheme != "https":
+            raise httpx.UnsupportedProtocol(
+                f"unsupported URL scheme {scheme!r} (only http and https)", request=request
+            )
+        host = url.raw_host.decode("ascii")
+        port = url.port or (443 if scheme == "https" else 80)
+        key = (scheme, host, port)
+        event, body = self._prepare(request)
+
+        now = trio.current_time()
+        if now >= self._next_sweep:
+            self._sweep(now)
+        conn = self._checkout(key, now)
+        if self._doomed:
+            await self._close_doomed()
+        if conn is not None:
+            try:
+                return await self._exchange(conn, request, event, body, reused=True)
+            except _Stale:
+                # The server dropped the idle connection; those idle even longer are
+                # likely gone too. Retry once, on a fresh connection.
+                self._doom_idle_since(key, conn.idle_since)
+                if self._doomed:
+                    await self._close_doomed()
+        conn = await self._connect(request, key)
+        return await self._exchange(conn, request, event, body, reused=False)
+
+    async def aclose(self) -> None:
+        """Close every idle pooled connection; later responses close theirs on finish."""
+        self._closed = True
+        conns = [c for lst in self._pool.values() for c in lst]
+        conns.extend(self._doomed)
+        self._pool.clear()
+        self._doomed = []
+        for conn in conns:
+            await _discard(conn.stream)
+
+    def idle_connections(self) -> int:
+        """How many idle keep-alive connections the pool holds (for tests and stats)."""
+        return sum(len(lst) for lst in self._pool.values())
+
+    # ------------------------------------------------------------- pool bookkeeping
+
+    def _checkout(self, key: _PoolKey, now: float) -> _Conn | None:
+        lst = self._pool.get(key)
+        if lst:
+            conn = lst.pop()
+            if now - conn.idle_since <= self._keepalive_expiry:
+                return conn
+            # LIFO: if the newest idle connection expired, all older ones did too.
+            self._doomed.append(conn)
+            self._doomed.extend(lst)
+            lst.clear()
+        return None
+
+    def _doom_idle_since(self, key: _PoolKey, idle_since: float) -> None:
+        lst = self._pool.get(key)
+        if lst:
+            self._doomed.extend(c for c in lst if c.idle_since <= idle_since)
+            lst[:] = [c for c in lst if c.idle_since > idle_since]
+
+    def _sweep(self, now: float) -> None:
+        self._next_sweep = now + self._sweep_interval
+        expiry = self._keepalive_expiry
+        for key in list(self._pool):
+            lst = self._pool[key]
+            keep = [c for c in lst if now - c.idle_since <= expiry]
+            if len(keep) != len(lst):
+                self._doomed.extend(c for c in lst if now - c.idle_since > expiry)
+            if keep:
+                self._pool[key] = keep
+            else:
+                del self._pool[key]
+
+    async def _close_doomed(self) -> None:
+        doomed, self._doomed = self._doomed, []
+        for conn in doomed:
+            await _discard(conn.stream)
+
+    def _release(self, conn: _Conn) -> bool:
+        """The response was read to its end: pool the connection if it is reusable.
+
+        Returns False when the caller must close it instead.
+        """
+        h = conn.h11
+        if (
+            h.our_state is _DONE
+            and h.their_state is _DONE
+            and not self._closed
+            and not h.trailing_data[0]
+        ):
+            lst = self._pool.get(conn.key)
+            if lst is None:
+                lst = self._pool[conn.key] = []
+            if len(lst) < self._max_per_origin:
+                h.start_next_cycle()
+                conn.idle_since = trio.current_time()
+                lst.append(conn)
+                return True
+        return False
+
+    # ----------------------------------------------------------------- connecting
+
+    def _get_ssl_context(self) -> ssl.SSLContext:
+        ctx = self._ssl_context
+        if ctx is None:
+            ctx = _default_ssl_context() if self._verify else _unverified_ssl_context()
+            self._ssl_context = ctx
+        return ctx
+
+    async def _connect(self, request: httpx.Request, key: _PoolKey) -> _Conn:
+        scheme, host, port = key
+        stream: trio.abc.Stream | None = None
+        try:
+            with trio.CancelScope(relative_deadline=self._connect_timeout):
+                if self._connect_hook is None:
+                    stream = await trio.open_tcp_stream(host, port)
+                else:
+                    stream = await self._connect_hook(host, port)
+                if scheme == "https":
+                    tls = trio.SSLStream(
+                        stream, self._get_ssl_context(), server_hostname=host, https_compatible=True
+                    )
+                    stream = tls
+                    await tls.do_handshake()
+                return _Conn(stream, key, self._max_header_bytes)
+            raise httpx.ConnectTimeout(
+                f"timed out after {self._connect_timeout:g}s connecting to {host}:{port}",
+                request=request,
+            )
+        except BaseException as exc:
+            if stream is not None:
+                await _discard(stream)
+            if isinstance(exc, _IO_ERRORS):
+                raise httpx.ConnectError(
+                    f"cannot connect to {host}:{port}: {_describe(exc)}", request=request
+                ) from exc
+            raise
+
+    # -------------------------------------------------------------- one exchange
+
+    def _prepare(self, request: httpx.Request) -> tuple[h11.Request, bytes | None]:
+        """Build the h11 request event, and the body when it is known up front.
+
+        Returns ``(event, body)``: body is ``bytes`` (possibly empty) for replayable
+        content, or ``None`` for a body streamed from ``request.stream`` (which then
+        carries a Content-Length or Transfer-Encoding header, as httpx sets them).
+        """
+        headers = request.headers.raw
+        has_host = framed = False
+        for name, _ in headers:
+            lname = name.lower()
+            if lname == b"host":
+                has_host = True
+            elif lname == b"content-length" or lname == b"transfer-encoding":
+                framed = True
+        if not has_host:
+            headers.insert(0, (b"Host", request.url.netloc))
+        stream = request.stream
+        body: bytes | None = None
+        if isinstance(stream, httpx.ByteStream):
+            try:
+                body = request.content  # httpx.Request reads ByteStream content eagerly
+            except httpx.RequestNotRead:
+                body = b"".join(stream)
+        elif not framed:
+            if isinstance(stream, AsyncIterable):
+                # Unframed async body: frame it as chunked (we cannot know its length).
+                headers.append((b"Transfer-Encoding", b"chunked"))
+            else:
+                body = b"".join(stream)
+        if body and not framed:
+            headers.append((b"Content-Length", str(len(body)).encode("ascii")))
+        try:
+            event = h11.Request(method=request.method, target=request.url.raw_path, headers=headers)
+        except h11.LocalProtocolError as exc:
+            raise httpx.LocalProtocolError(str(exc), request=request) from exc
+        return event, body
+
+    async def _send_streamed_body(
+        self, conn: _Conn, request: httpx.Request, scope: trio.CancelScope
+    ) -> None:
+        """Send ``request.stream`` chunk by chunk, each write within the write timeout."""
+        h = conn.h11
+        stream = conn.stream
+        timeout = self._read_timeout
+        body = request.stream
+        if isinstance(body, AsyncIterable):
+            chunks = aiter(body)
+            try:
+                async for chunk in chunks:
+                    if chunk:
+                        scope.deadline = trio.current_time() + timeout
+                        await stream.send_all(h.send(h11.Data(data=chunk)))
+            finally:
+                # Finalize an abandoned async generator now, not at garbage collection.
+                aclose = getattr(chunks, "aclose", None)
+                if aclose is not None:
+                    await aclose()
+        else:
+            for chunk in body:
+                if chunk:
+                    scope.deadline = trio.current_time() + timeout
+                    await stream.send_all(h.send(h11.Data(data=chunk)))
+        scope.deadline = trio.current_time() + timeout
+        await stream.send_all(h.send(_EOM))
+
+    async def _exchange(
+        self,
+        conn: _Conn,
+        request: httpx.Request,
+        event: h11.Request,
+        body: bytes | None,
+        *,
+        reused: bool,
+    ) -> httpx.Response:
+        """Send the request on ``conn`` and read the response head.
+
+        One cancel scope covers the whole exchange; its deadline is pushed forward
+        after every write and read, so it bounds each silence by ``read_timeout``.
+        Raises ``_Stale`` (connection closed) only for a reused connection whose
+        request can be sent again and that failed before any response byte.
+        """
+        # A stale connection may be retried only if the body can be sent again.
+        retryable = reused and body is not None
+        stream = conn.stream
+        h = conn.h11
+        timeout = self._read_timeout
+        received = 0
+        writing = True
+        try:
+            start = trio.current_time()
+            with trio.CancelScope(deadline=start + timeout) as scope:
+                # ---- request
+                try:
+                    data = h.send(event)
+                    if body is None:
+                        await stream.send_all(data)
+                        await self._send_streamed_body(conn, request, scope)
+                    elif len(body) <= _SEND_CHUNK:  # the usual case: one write
+                        if body:
+                            data += h.send(h11.Data(data=body))
+                        await stream.send_all(data + h.send(_EOM))
+                    else:
+                        await stream.send_all(data)
+                        for offset in range(0, len(body), _SEND_CHUNK):
+                            scope.deadline = trio.current_time() + timeout
+                            piece = body[offset : offset + _SEND_CHUNK]
+                            await stream.send_all(h.send(h11.Data(data=piece)))
+                        tail = h.send(_EOM)
+                        if tail:
+                            await stream.send_all(tail)
+                except h11.LocalProtocolError as exc:
+                    raise httpx.LocalProtocolError(str(exc), request=request) from exc
+                except _IO_ERRORS as exc:
+                    if retryable:
+                        raise _Stale from exc
+                    raise httpx.WriteError(_describe(exc), request=request) from exc
+                writing = False
+                now = trio.current_time()
+                if now - start > _DEADLINE_SLACK:  # moving a deadline costs; skip it if ~0
+                    scope.deadline = now + timeout
+
+                # ---- response head (skipping 1xx informational responses)
+                informational = 0
+                while True:
+                    try:
+                        response = h.next_event()
+                    except h11.RemoteProtocolError as exc:
+                        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+                    if response is _NEED_DATA:
+                        if received:
+                            scope.deadline = trio.current_time() + timeout
+                        try:
+                            chunk = await stream.receive_some(_RECEIVE_SIZE)
+                        except _IO_ERRORS as exc:
+                            if retryable and not received:
+                                raise _Stale from exc
+                            raise httpx.ReadError(_describe(exc), request=request) from exc
+                        if not chunk:
+                            if retryable and not received:
+                                raise _Stale
+                            raise httpx.RemoteProtocolError(
+                                "server disconnected without sending a complete response head",
+                                request=request,
+                            )
+                        received += len(chunk)
+                        h.receive_data(chunk)  # type: ignore[arg-type]  # bytearray works too
+                        continue
+                    if isinstance(response, h11.Response):
+                        head = response
+                        break
+                    if isinstance(response, h11.InformationalResponse):
+                        informational += 1
+                        if informational > _MAX_INFORMATIONAL:
+                            raise httpx.RemoteProtocolError(
+                                "too many 1xx informational responses", request=request
+                            )
+                        continue
+                    raise httpx.RemoteProtocolError(
+                        f"unexpected HTTP event before the response: {response!r}",
+                        request=request,
+                    )
+            if scope.cancelled_caught:
+                if writing:
+                    raise httpx.WriteTimeout(
+                        f"could not send the request within {timeout:g}s", request=request
+                    )
+                raise httpx.ReadTimeout(f"no response data for {timeout:g}s", request=request)
+
+            raw_headers = head.headers
+            if len(raw_headers) > self._max_headers:
+                raise httpx.RemoteProtocolError(
+                    f"response has {len(raw_headers)} header fields (limit {self._max_headers})",
+                    request=request,
+                )
+            if received > self._max_header_bytes:
+                # h11's limit only bounds an *incomplete* head; check the complete one.
+                head_size = received - len(h.trailing_data[0])
+                if head_size > self._max_header_bytes:
+                    raise httpx.RemoteProtocolError(
+                        f"response head is {head_size} bytes (limit {self._max_header_bytes})",
+                        request=request,
+                    )
+
+            # ---- whatever of the body is already buffered (often all of it)
+            chunks: list[bytes] = []
+            done = False
+            while True:
+                try:
+                    part = h.next_event()
+                except h11.RemoteProtocolError as exc:
+                    raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+                if type(part) is _Data:
+                    chunks.append(bytes(part.data))
+                elif type(part) is _EndOfMessage:
+                    done = True
+                    break
+                elif part is _NEED_DATA:
+                    break
+                else:
+                    raise httpx.RemoteProtocolError(
+                        f"unexpected HTTP event in response body: {part!r}", request=request
+                    )
+        except BaseException:
+            await _discard(stream)
+            raise
+
+        if done and not self._release(conn):
+            await _discard(stream)
+        version = head.http_version
+        return httpx.Response(
+            head.status_code,
+            headers=raw_headers.raw_items(),
+            stream=_ResponseBody(self, None if done else conn, chunks, request),
+            extensions={
+                "http_version": _HTTP_VERSIONS.get(version) or b"HTTP/" + version,
+                "reason_phrase": head.reason,
+            },
+            request=request,
+        )
