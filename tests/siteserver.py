@@ -851,6 +851,10 @@ class SiteServer:
         other = self.ports[(ex.port_index + 1) % len(self.ports)]
         await ex.redirect(302, f"http://{HOST}:{other}/page/0")
 
+    async def _redirect_to(self, ex: _Exchange) -> None:
+        """302 to the URL in ``?url=`` (not linked from /hostile/: tests build it)."""
+        await ex.redirect(302, ex.query.get("url", "/"))
+
     async def _redirect_ftp(self, ex: _Exchange) -> None:
         await ex.redirect(302, "ftp://example.com/")
 
@@ -910,6 +914,7 @@ _EXACT_ROUTES: Final[dict[str, _Handler]] = {
     "/loop/a": SiteServer._loop,
     "/loop/b": SiteServer._loop,
     "/redirect-out": SiteServer._redirect_out,
+    "/redirect-to": SiteServer._redirect_to,
     "/redirect-ftp": SiteServer._redirect_ftp,
     "/badutf8": SiteServer._badutf8,
     "/latin1": SiteServer._latin1,
