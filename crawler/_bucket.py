@@ -202,6 +202,7 @@ class LeakyBucket:
     @enable_ki_protection
     async def _wait(self, cost: float) -> None:
         waiter = _Waiter(current_task(), cost)
+        enqueued = current_time()
         queue = self._queue
         queue[waiter] = None
         self._queued_cost += cost
@@ -227,7 +228,9 @@ class LeakyBucket:
             self._leave(waiter)
             raise
         self._leave(waiter)
-        self._consume(cost, now)
+        # A waiter that queued before its slot is accounted at the slot, not at its
+        # (late by timer granularity) wake-up: no drift below the rate.
+        self._consume(cost, max(deadline, enqueued))
 
     @enable_ki_protection
     def _leave(self, waiter: _Waiter) -> None:
@@ -245,19 +248,29 @@ class LeakyBucket:
             self._queued_cost = 0.0
 
     @enable_ki_protection
-    def try_acquire(self, cost: float = 1) -> float:
+    def try_acquire(self, cost: float = 1, *, slack: float = 0.0) -> float:
         """Consume ``cost`` and return 0.0 if it conforms now, else return the wait.
 
         Never overtakes queued waiters: with waiters queued, the wait is the one
         FIFO implies, and nothing is consumed unless every queued waiter would
         still conform at once.
+
+        ``slack``: a caller that slept until the returned wait and woke up to this
+        late (timers fire late by up to a millisecond) is accounted at its slot,
+        not at its wake-up, so the long-run rate does not drift below ``rate``.
+        Never accounted before its slot, nor more than ``slack`` before now, and an
+        arrival long after its slot (an idle bucket) is accounted at once.
         """
         if not 0 < cost <= self._burst:
             raise _bad_cost(cost, self._burst)
+        if not slack >= 0:
+            raise ValueError(f"slack must be >= 0, got {slack!r}")
         now = current_time()
         at = self._fifo_conform_at(cost, now)
         if at <= now:
-            self._consume(cost, now)
+            # Late by at most `slack` past a slot: accounted at the slot. Otherwise
+            # (an idle bucket, a long wait elsewhere) it is a fresh arrival: now.
+            self._consume(cost, at if now - at <= slack else now)
             return 0.0
         return at - now
 

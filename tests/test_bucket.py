@@ -685,3 +685,27 @@ def test_random_arrivals_property(
         assert times[i] >= at
     for width in (0.0, 0.3 / rate, 1.0 / rate, 2.0 / rate, 1.0, 5.0):
         assert _max_in_window(times, costs, width) <= burst + rate * width + 1e-9
+
+
+async def test_try_acquire_slack_absorbs_late_wakeups(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # A dispatcher that sleeps until its slot and wakes 1 ms late each time keeps the
+    # configured rate with slack, and drifts below it without.
+    for slack, expected_last in ((0.002, 99 * 0.05), (0.0, 99 * 0.051)):
+        bucket = LeakyBucket(20.0)
+        start = trio.current_time()
+        grants: list[float] = []
+        while len(grants) < 100:
+            wait = bucket.try_acquire(slack=slack)
+            if wait == 0.0:
+                grants.append(trio.current_time() - start)
+            else:
+                await trio.sleep(wait + 0.001)  # the timer fires late
+        assert grants[-1] - grants[0] == pytest.approx(expected_last, abs=0.0015)
+    # Slack never accounts a request before its slot: right after a grant, nothing else.
+    bucket = LeakyBucket(20.0)
+    assert bucket.try_acquire(slack=10.0) == 0.0
+    assert bucket.try_acquire(slack=10.0) == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="slack"):
+        bucket.try_acquire(slack=-1)
