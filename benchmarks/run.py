@@ -1,0 +1,1178 @@
+"""The benchmark suite, in one command: ``python benchmarks/run.py`` (see benchmarks/README.md).
+
+1. throughput: a generated 20,000-page static site served by nginx (or a fallback Python
+   server) on loopback, crawled to JSON Lines at concurrency 32 without a rate limit by
+   (a) our ``crawl`` command, (b) Scrapy, (c) the asyncio + aiohttp + aiolimiter recipe;
+   each run a subprocess measured with ``os.wait4`` (wall, CPU, peak RSS); runs
+   interleaved a, b, c, a, b, c, ...; medians.
+2. politeness: four loopback hosts with 20 ms latency (``tests.siteserver``), crawled at
+   20 requests/s per host, burst 1, 2 in flight per host, by ours and by the recipe; the
+   server's own log gives each host's achieved rate, densest window, shortest gap between
+   request starts and peak concurrency.
+3. the limiter micro-benchmark ``benchmarks/bench_limiter.py``, when it exists.
+4. ``benchmarks/results/RESULTS.md`` (+ ``results.json``, ``throughput.png``,
+   ``politeness.png``, and ``profile.txt`` when ours misses a throughput target).
+
+``--quick`` is a smoke run (2,000 pages, one round, Scrapy capped at 500 pages, short
+politeness runs, no micro-benchmark, no profile) that writes to
+``benchmarks/work/results-quick/`` unless ``--results`` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import importlib.util
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+HERE: Final = Path(__file__).resolve().parent
+ROOT: Final = HERE.parent
+WORK: Final = HERE / "work"
+RESULTS: Final = HERE / "results"
+PY: Final = sys.executable
+
+sys.path.insert(0, str(ROOT))
+
+from tests.siteserver import (  # noqa: E402
+    RequestRecord,
+    load_log,
+    max_concurrency,
+    max_in_window,
+    start_gaps,
+)
+
+TOOLS: Final = ("ours", "scrapy", "aiohttp", "ours-lib")
+LABELS: Final = {
+    "ours": "ours (`crawl`)",
+    "scrapy": "Scrapy",
+    "aiohttp": "aiohttp + aiolimiter recipe",
+    "ours-lib": "ours via the library (diagnostic)",
+}
+TARGET_VS_AIOHTTP: Final = 2.0
+TARGET_VS_SCRAPY: Final = 20.0
+TARGET_RSS_VS_AIOHTTP: Final = 1.5
+POLITE_RATE: Final = 20.0
+POLITE_BURST: Final = 1
+POLITE_PER_HOST: Final = 2
+POLITE_HOSTS: Final = 4
+POLITE_LATENCY: Final = 0.02
+POLITE_WINDOWS: Final = (0.25, 0.5, 1.0, 2.0, 5.0)
+RATE_TOLERANCE: Final = 0.02
+CRAWL_TIMEOUT: Final = 1800.0
+MiB: Final = 1024 * 1024
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def child_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), env.get("PYTHONPATH")) if p)
+    return env
+
+
+# --------------------------------------------------------------------------------------
+# Commands
+
+
+def crawl_command(
+    tool: str,
+    seeds: Sequence[str],
+    out: Path,
+    *,
+    concurrency: int,
+    per_host: int,
+    rate: float = 0.0,
+    max_pages: int | None = None,
+) -> list[str]:
+    """The command line that makes ``tool`` crawl ``seeds`` into ``out`` (JSON Lines)."""
+    common = ["-o", str(out), "--concurrency", str(concurrency), "--per-host", str(per_host)]
+    if tool == "ours":
+        # `python -m crawler` is the `crawl` console command, run by this interpreter.
+        cmd = [PY, "-m", "crawler", *seeds, *common, "--rate", f"{rate:g}", "-q"]
+        cmd += ["--burst", str(POLITE_BURST)] if rate else []
+    elif tool == "ours-lib":
+        cmd = [PY, str(HERE / "crawl_ours.py"), *seeds, *common, "--rate", f"{rate:g}"]
+        cmd += ["--burst", str(POLITE_BURST)] if rate else []
+    elif tool == "aiohttp":
+        cmd = [PY, str(HERE / "crawl_aiohttp.py"), *seeds, *common, "--rate", f"{rate:g}"]
+    elif tool == "scrapy":
+        if rate or len(seeds) != 1:
+            raise ValueError("the Scrapy spider takes one seed and no rate")
+        cmd = [PY, str(HERE / "crawl_scrapy.py"), seeds[0], *common]
+    else:
+        raise ValueError(f"unknown tool {tool!r}")
+    if max_pages is not None:
+        cmd += ["--max-pages", str(max_pages)]
+    return cmd
+
+
+# --------------------------------------------------------------------------------------
+# Measuring one child process
+
+
+@dataclass
+class Measured:
+    wall: float
+    cpu: float
+    rss_kib: int
+    returncode: int
+
+
+def measure(cmd: Sequence[str], stderr_path: Path, timeout: float = CRAWL_TIMEOUT) -> Measured:
+    """Run ``cmd``; wall time, CPU (user + sys) and peak RSS of that child, from wait4."""
+    with open(stderr_path, "wb") as err:
+        start = time.perf_counter()
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL, stdout=err, stderr=err
+        )
+        done = threading.Event()
+
+        def watchdog() -> None:
+            # Signals must reach the main thread, blocked in wait4, not this one.
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+            if not done.wait(timeout):
+                proc.kill()
+
+        guard = threading.Thread(target=watchdog, daemon=True)
+        guard.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        finally:
+            done.set()
+        wall = time.perf_counter() - start
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return Measured(
+        wall=wall,
+        cpu=usage.ru_utime + usage.ru_stime,
+        rss_kib=usage.ru_maxrss,  # KiB on Linux
+        returncode=proc.returncode,
+    )
+
+
+@dataclass
+class Output:
+    lines: int
+    ok: int
+    """Distinct URLs answered 200."""
+
+
+def read_output(path: Path) -> Output:
+    lines = 0
+    ok: set[str] = set()
+    if path.exists():
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                if not line.strip():
+                    continue
+                lines += 1
+                record = json.loads(line)
+                if record.get("status") == 200:
+                    ok.add(str(record.get("final_url") or record["url"]))
+    return Output(lines=lines, ok=len(ok))
+
+
+# --------------------------------------------------------------------------------------
+# Servers
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with status {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"server did not listen on port {port} within {timeout:g} s")
+
+
+def stop(proc: subprocess.Popen[Any], sig: int = signal.SIGTERM) -> None:
+    if proc.poll() is None:
+        proc.send_signal(sig)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+NGINX_CONF: Final = """\
+{user}
+worker_processes 1;
+worker_rlimit_nofile 8192;
+daemon off;
+master_process on;
+pid {work}/nginx.pid;
+error_log {work}/error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    tcp_nodelay on;
+    keepalive_timeout 60s;
+    keepalive_requests 100000;
+    client_body_temp_path {work}/client_body;
+    proxy_temp_path {work}/proxy;
+    fastcgi_temp_path {work}/fastcgi;
+    uwsgi_temp_path {work}/uwsgi;
+    scgi_temp_path {work}/scgi;
+    types {{ text/html html; text/plain txt; }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port} backlog=4096;
+        root {root};
+        index index.html;
+    }}
+}}
+"""
+
+
+def find_nginx() -> str | None:
+    found = shutil.which("nginx")
+    if found:
+        return found
+    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
+
+
+@contextmanager
+def site_server(root: Path, *, allow_nginx: bool = True) -> Iterator[tuple[str, str]]:
+    """Serve ``root`` on loopback; yield (base URL, description of the server)."""
+    port = free_port()
+    nginx = find_nginx() if allow_nginx else None
+    work = WORK / "nginx"
+    if nginx:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        conf = work / "nginx.conf"
+        user = "user root;" if os.geteuid() == 0 else ""
+        conf.write_text(NGINX_CONF.format(user=user, work=work, port=port, root=root))
+        cmd = [nginx, "-p", str(work), "-e", str(work / "error.log"), "-c", str(conf)]
+        version = subprocess.run([nginx, "-v"], capture_output=True, text=True, check=False)
+        description = f"{version.stderr.strip().removeprefix('nginx version: ')}, 1 worker"
+    else:
+        cmd = [PY, str(HERE / "site.py"), "serve", str(root), "--port", str(port)]
+        why = "nginx not found" if allow_nginx else "--python-server"
+        description = f"fallback trio + h11 server (benchmarks/site.py serve; {why})"
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / "server.stderr", "wb") as err:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=err, stderr=err)
+    try:
+        wait_for_port(port, proc)
+        yield f"http://127.0.0.1:{port}/", description
+    finally:
+        stop(proc, signal.SIGQUIT if nginx else signal.SIGTERM)
+
+
+@contextmanager
+def polite_server(log_path: Path, pages: int) -> Iterator[list[int]]:
+    """``tests.siteserver`` on POLITE_HOSTS ports, logging every request to ``log_path``."""
+    log_path.unlink(missing_ok=True)
+    cmd = [PY, "-m", "tests.siteserver", "--ports", str(POLITE_HOSTS), "--pages", str(pages)]
+    cmd += ["--latency", f"{POLITE_LATENCY:g}", "--log", str(log_path)]
+    with open(log_path.with_suffix(".stderr"), "wb") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=err, text=True
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"tests.siteserver did not start (see {err.name})")
+        ports: list[int] = json.loads(line)["ports"]
+        yield ports
+    finally:
+        stop(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+# --------------------------------------------------------------------------------------
+# 1. Throughput
+
+
+@dataclass
+class Run:
+    tool: str
+    round: int
+    wall: float
+    cpu: float
+    rss_kib: int
+    lines: int
+    ok: int
+    returncode: int
+    complete: bool
+
+
+@dataclass
+class Summary:
+    tool: str
+    runs: int
+    pages: float
+    wall: float
+    pages_per_s: float
+    net_pages_per_s: float
+    cpu_ms_per_page: float
+    rss_mib: float
+    fixed_wall: float
+    fixed_cpu: float
+    fixed_rss_mib: float
+    complete: bool
+    pages_per_s_all: list[float] = field(default_factory=list)
+
+
+def run_throughput(
+    base: str, pages: int, rounds: int, scrapy_pages: int, concurrency: int, fixed_reps: int
+) -> tuple[list[Run], dict[str, Measured]]:
+    out_dir = WORK / "throughput"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    # Fixed cost (start-up, robots.txt, one page, shut-down): crawl /empty.html alone.
+    fixed: dict[str, Measured] = {}
+    for rep in range(fixed_reps):
+        for tool in TOOLS:
+            out = out_dir / f"fixed-{tool}.jsonl"
+            cmd = crawl_command(
+                tool, [base + "empty.html"], out, concurrency=concurrency, per_host=concurrency
+            )
+            m = measure(cmd, out.with_suffix(".stderr"))
+            if m.returncode != 0 or read_output(out).ok != 1:
+                raise RuntimeError(f"{tool}: the fixed-cost crawl failed; see {out}.stderr")
+            best = fixed.get(tool)
+            fixed[tool] = m if best is None or m.wall < best.wall else best
+            log(f"  fixed cost {tool:8} rep {rep + 1}: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU")
+    runs: list[Run] = []
+    for rnd in range(1, rounds + 1):
+        for tool in TOOLS:
+            out = out_dir / f"{tool}-{rnd}.jsonl"
+            cap = scrapy_pages if tool == "scrapy" else None
+            cmd = crawl_command(
+                tool, [base], out, concurrency=concurrency, per_host=concurrency, max_pages=cap
+            )
+            m = measure(cmd, out.with_suffix(".stderr"))
+            got = read_output(out)
+            expected = min(cap, pages + 1) if cap else pages + 1
+            run = Run(
+                tool=tool,
+                round=rnd,
+                wall=m.wall,
+                cpu=m.cpu,
+                rss_kib=m.rss_kib,
+                lines=got.lines,
+                ok=got.ok,
+                returncode=m.returncode,
+                complete=m.returncode == 0 and got.ok >= expected,
+            )
+            runs.append(run)
+            log(
+                f"  round {rnd} {tool:8} {got.lines:6d} pages ({got.ok} ok, need {expected})"
+                f" {m.wall:7.2f} s  {got.lines / m.wall:8.1f} pages/s  CPU {m.cpu:6.2f} s"
+                f"  RSS {m.rss_kib / 1024:6.1f} MiB  exit {m.returncode}"
+            )
+            if not run.complete:
+                log(f"  !! {tool} run {rnd} incomplete; see {out.with_suffix('.stderr')}")
+    return runs, fixed
+
+
+def summarise(runs: Sequence[Run], fixed: dict[str, Measured]) -> dict[str, Summary]:
+    out: dict[str, Summary] = {}
+    for tool in TOOLS:
+        mine = [r for r in runs if r.tool == tool]
+        if not mine:
+            continue
+        f = fixed[tool]
+        rates = [r.lines / r.wall for r in mine]
+        net = [r.lines / max(r.wall - f.wall, 1e-9) for r in mine]
+        out[tool] = Summary(
+            tool=tool,
+            runs=len(mine),
+            pages=statistics.median(r.lines for r in mine),
+            wall=statistics.median(r.wall for r in mine),
+            pages_per_s=statistics.median(rates),
+            net_pages_per_s=statistics.median(net),
+            cpu_ms_per_page=statistics.median(1000 * r.cpu / r.lines for r in mine),
+            rss_mib=statistics.median(r.rss_kib / 1024 for r in mine),
+            fixed_wall=f.wall,
+            fixed_cpu=f.cpu,
+            fixed_rss_mib=f.rss_kib / 1024,
+            complete=all(r.complete for r in mine),
+            pages_per_s_all=rates,
+        )
+    return out
+
+
+# --------------------------------------------------------------------------------------
+# 2. Politeness
+
+
+@dataclass
+class HostFigures:
+    port: int
+    requests: int
+    span: float
+    rate: float
+    max_1s: int
+    min_gap_ms: float
+    short_gaps: int
+    """Gaps between starts shorter than 90% of the interval 1 / rate."""
+    peak_concurrency: int
+    window_excess: int
+    """Largest (count in a window W) - (burst + rate * W), over POLITE_WINDOWS; <= 0 is good."""
+    starts: list[float]
+
+
+@dataclass
+class PoliteRun:
+    tool: str
+    pages: int
+    wall: float
+    hosts: list[HostFigures]
+    error: str | None = None
+
+
+def host_figures(port: int, records: Sequence[RequestRecord], t0: float) -> HostFigures:
+    starts = sorted(r.start for r in records)
+    span = starts[-1] - starts[0] if len(starts) > 1 else 0.0
+    gaps = start_gaps(records)
+    excess = max(
+        max_in_window(records, w) - math.floor(POLITE_BURST + POLITE_RATE * w + 1e-9)
+        for w in POLITE_WINDOWS
+    )
+    return HostFigures(
+        port=port,
+        requests=len(starts),
+        span=span,
+        rate=(len(starts) - 1) / span if span > 0 else math.nan,
+        max_1s=max_in_window(records, 1.0),
+        min_gap_ms=1000 * min(gaps) if gaps else math.nan,
+        short_gaps=sum(1 for g in gaps if g < 0.9 / POLITE_RATE),
+        peak_concurrency=max_concurrency(records),
+        window_excess=excess,
+        starts=[s - t0 for s in starts],
+    )
+
+
+def run_politeness(pages_per_host: int) -> list[PoliteRun]:
+    out_dir = WORK / "politeness"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    results: list[PoliteRun] = []
+    for tool in ("ours", "aiohttp"):
+        log_path = out_dir / f"{tool}-server.jsonl"
+        out = out_dir / f"{tool}.jsonl"
+        with polite_server(log_path, pages=2 * pages_per_host) as ports:
+            seeds = [f"http://127.0.0.1:{p}/" for p in ports]
+            cmd = crawl_command(
+                tool,
+                seeds,
+                out,
+                concurrency=32,
+                per_host=POLITE_PER_HOST,
+                rate=POLITE_RATE,
+                max_pages=pages_per_host * len(ports),
+            )
+            m = measure(cmd, out.with_suffix(".stderr"), timeout=600)
+        if m.returncode != 0:
+            error = f"exit status {m.returncode}; see {out.with_suffix('.stderr')}"
+            log(f"  !! {tool} politeness crawl failed: {error}")
+            results.append(PoliteRun(tool=tool, pages=0, wall=m.wall, hosts=[], error=error))
+            continue
+        records = load_log(log_path)
+        t0 = min(r.start for r in records)
+        hosts = [
+            host_figures(p, [r for r in records if r.port == p], t0)
+            for p in ports
+            if any(r.port == p for r in records)
+        ]
+        results.append(PoliteRun(tool=tool, pages=read_output(out).lines, wall=m.wall, hosts=hosts))
+        for h in hosts:
+            log(
+                f"  {tool:8} port {h.port}: {h.requests} requests, {h.rate:.3f}/s,"
+                f" max {h.max_1s} in 1 s, min gap {h.min_gap_ms:.1f} ms,"
+                f" peak concurrency {h.peak_concurrency}"
+            )
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# 3. Limiter micro-benchmark
+
+
+def run_limiter_bench() -> str | None:
+    script = HERE / "bench_limiter.py"
+    if not script.exists():
+        return None
+    proc = subprocess.run(
+        [PY, str(script)],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    text = proc.stdout.strip()
+    if proc.returncode != 0:
+        text += f"\n\n(bench_limiter.py exited with status {proc.returncode}:\n"
+        text += "\n".join(proc.stderr.strip().splitlines()[-15:]) + ")"
+    return text
+
+
+# --------------------------------------------------------------------------------------
+# Profile of our crawl
+
+
+@dataclass
+class Profile:
+    tool: str
+    summary: str
+    """The layer table and the top functions, for RESULTS.md."""
+    full: str
+    """Everything, for profile.txt."""
+
+
+def profile_crawl(tool: str, base: str, concurrency: int) -> Profile:
+    """Sample one crawl of the site with py-spy (or cProfile, if py-spy is missing or fails)."""
+    out_dir = WORK / "profile" / tool
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    pages_path = out_dir / "pages.jsonl"
+    crawl = crawl_command(tool, [base], pages_path, concurrency=concurrency, per_host=concurrency)
+    pyspy = shutil.which("py-spy")
+    if pyspy:
+        raw = out_dir / "pyspy.txt"
+        cmd = [pyspy, "record", "-F", "-r", "250", "-f", "raw", "-o", str(raw), "--", *crawl]
+        proc = subprocess.run(cmd, cwd=ROOT, env=child_env(), capture_output=True, check=False)
+        if proc.returncode == 0 and raw.exists():
+            head = f"{LABELS[tool]}: {read_output(pages_path).ok:,} pages crawled under py-spy\n\n"
+            return Profile(
+                tool, head + _pyspy_report(raw, 15, brief=True), head + _pyspy_report(raw, 40)
+            )
+        log(f"  py-spy failed ({proc.returncode}); falling back to cProfile")
+    import io
+    import pstats
+
+    prof = out_dir / "crawl.prof"
+    subprocess.run(
+        [PY, "-m", "cProfile", "-o", str(prof), *crawl[1:]],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        check=True,
+    )
+
+    def stats(top: int) -> str:
+        buf = io.StringIO()
+        data = pstats.Stats(str(prof), stream=buf)
+        data.sort_stats("tottime").print_stats(top)
+        data.sort_stats("cumulative").print_stats(top)
+        head = f"{LABELS[tool]}: cProfile (deterministic; it inflates code of many small calls)"
+        return head + "\n\n" + buf.getvalue()
+
+    return Profile(tool, stats(12), stats(40))
+
+
+_FRAME = re.compile(r"^(?P<func>.*) \((?P<file>[^()]*?)(?::(?P<line>\d+))?\)$")
+
+
+def _module_of(file: str) -> str:
+    """A frame's file as a bucket: crawler files by name, other code by top package."""
+    if file.startswith("crawler/"):
+        return file
+    if file.startswith("<frozen"):
+        return "python (frozen)"
+    head = file.split("/", 1)[0]
+    return head.removesuffix(".py") if "/" in file else f"stdlib {head.removesuffix('.py')}"
+
+
+_OUTPUT: Final = "JSON Lines output: encode + one to_thread hop per page (_output.py)"
+_PARSE: Final = "HTML parse + link extraction (parse_html, selectolax, urls)"
+
+
+def _category(frames: Sequence[tuple[str, str]]) -> str:
+    """What one sample's CPU was spent on, from its (function, file) stack, root first."""
+    for func, file in frames:  # outer layers claim everything below them
+        if file.startswith("<frozen importlib"):
+            return "imports (start-up)"
+        if file == "crawler/_output.py" or file.startswith("trio/_core/_thread_cache"):
+            return _OUTPUT
+        if func == "parse_html":
+            return _PARSE
+        if file in ("crawler/_robots.py", "crawler/_decode.py") or file.startswith("protego"):
+            return "robots.txt, decoding"
+    for func, file in reversed(frames):  # otherwise the innermost recognisable layer
+        if func.endswith("_nonblocking_helper"):
+            return "socket send/recv syscalls (loopback TCP, kernel included)"
+        if func.endswith("get_events"):
+            return "epoll_wait"
+        if file.startswith("h11/"):
+            return "h11 (HTTP/1.1 state machine)"
+        if file.startswith("httpx/"):
+            return "httpx objects (Request, URL, Headers)"
+        if file in ("crawler/_urls.py", "crawler/_frontier.py"):
+            return "URL normalisation + frontier (discovered links)"
+        if file.startswith("crawler/"):
+            return "crawler engine, fetch, transport (own Python)"
+        if file.startswith(("trio/", "outcome/", "<attrs generated", "contextlib")):
+            return "trio run loop, cancel scopes, channels"
+    return "other"
+
+
+def _pyspy_report(raw: Path, top: int, *, brief: bool = False) -> str:
+    categories: Counter[str] = Counter()
+    own: Counter[str] = Counter()
+    total: Counter[str] = Counter()
+    by_module: Counter[str] = Counter()
+    samples = 0
+    for line in raw.read_text(encoding="utf-8").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = stack.split(";")
+        samples += count
+        names = []
+        parsed: list[tuple[str, str]] = []
+        for frame in frames:
+            m = _FRAME.match(frame)
+            names.append(f"{m['func']} ({m['file']})" if m else frame)
+            parsed.append((m["func"], m["file"]) if m else (frame, "?"))
+        categories[_category(parsed)] += count
+        own[names[-1]] += count
+        for name in set(names):
+            total[name] += count
+        leaf = _FRAME.match(frames[-1])
+        by_module[_module_of(leaf["file"]) if leaf else "?"] += count
+    if not samples:
+        return "py-spy recorded no samples"
+
+    def table(title: str, counter: Counter[str], width: int) -> list[str]:
+        rows = [f"{title}", f"{'share':>7}  {'samples':>7}  name", "-" * width]
+        for name, count in counter.most_common(top):
+            rows.append(f"{100 * count / samples:6.1f}%  {count:7d}  {name}")
+        return [*rows, ""]
+
+    lines = [
+        f"py-spy, {samples} samples of the crawling process while on CPU (idle waits excluded)",
+        "",
+        *table("Where the CPU goes (each sample charged to one layer)", categories, 80),
+        *([] if brief else table("Self time by module (the leaf frame's file)", by_module, 60)),
+        *table("Self time by function", own, 100),
+        *([] if brief else table("Total (inclusive) time by function", total, 100)),
+    ]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------
+# The machine
+
+
+def machine() -> dict[str, str]:
+    info: dict[str, str] = {}
+    try:
+        cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8")
+        found = re.search(r"^model name\s*:\s*(.+)$", cpuinfo, re.M)
+        info["CPU"] = found.group(1).strip() if found else platform.processor() or "?"
+    except OSError:
+        info["CPU"] = platform.processor() or "?"
+    info["cores"] = str(os.cpu_count())
+    try:
+        meminfo = Path("/proc/meminfo").read_text(encoding="utf-8")
+        kib = re.search(r"^MemTotal:\s*(\d+)", meminfo, re.M)
+        info["RAM"] = f"{int(kib.group(1)) / MiB:.1f} GiB" if kib else "?"
+    except OSError:
+        info["RAM"] = "?"
+    info["OS"] = platform.platform()
+    info["Python"] = platform.python_version()
+    for dist in (
+        "crawler",
+        "trio",
+        "httpx",
+        "h11",
+        "selectolax",
+        "scrapy",
+        "twisted",
+        "aiohttp",
+        "aiolimiter",
+    ):
+        try:
+            info[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            info[dist] = "not installed"
+    return info
+
+
+def loadavg() -> str:
+    try:
+        return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "?"
+
+
+# --------------------------------------------------------------------------------------
+# Report
+
+
+def _fmt_ratio(value: float, target: float, at_least: bool) -> tuple[str, str]:
+    met = value >= target if at_least else value <= target
+    return f"{value:.2f}x", "yes" if met else "**no**"
+
+
+def render(
+    args: argparse.Namespace,
+    info: dict[str, str],
+    server: str,
+    summary: dict[str, Summary],
+    runs: Sequence[Run],
+    polite: Sequence[PoliteRun],
+    limiter: str | None,
+    profiles: Sequence[Profile],
+    loads: tuple[str, str],
+    started: str,
+) -> str:
+    md: list[str] = ["# Benchmark results", ""]
+    md.append(
+        f"Produced by `python benchmarks/run.py{' --quick' if args.quick else ''}`"
+        f" ({args.rounds} round(s), {args.pages:,}-page site, Scrapy capped at"
+        f" {args.scrapy_pages:,} pages) on {started}."
+    )
+    md += ["", "## Machine", "", "| | |", "| --- | --- |"]
+    for key, value in info.items():
+        md.append(f"| {key} | {value} |")
+    md.append(f"| site server | {server} |")
+    md.append(f"| load average (1/5/15 min) at start | {loads[0]} |")
+    md.append(f"| load average at end | {loads[1]} |")
+    md += [
+        "",
+        "The load average counts every runnable process on the machine. Above ~1 on 2 cores,",
+        "other work shared the CPUs and every wall-clock figure below is slower than on an",
+        "idle machine; CPU per page is the figure that contention disturbs least.",
+    ]
+    if summary:
+        md += ["", "## 1. Throughput", ""]
+        md += [
+            f"Crawl the generated {args.pages:,}-page site (6 KB pages, 10 relative links",
+            "each) to JSON Lines, concurrency 32 (32 per host), no rate limit; robots.txt",
+            "fetched and obeyed by ours and Scrapy (the aiohttp recipe has no robots support).",
+            "Each run is a fresh process; wall time, CPU (user + sys) and peak RSS come from",
+            "`os.wait4` on that process. *Fixed cost* is the same command crawling one",
+            "unlinked page (start-up, robots.txt, shut-down); *pages/s net* divides by the",
+            "wall time minus that, which matters for Scrapy's shorter capped run. Medians",
+            f"over {args.rounds} interleaved round(s).",
+            "",
+            "| crawler | pages | wall s | pages/s | pages/s net | CPU ms/page | peak RSS MiB"
+            " | fixed cost s | complete |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for tool, s in summary.items():
+            md.append(
+                f"| {LABELS[tool]} | {s.pages:,.0f} | {s.wall:.2f} | {s.pages_per_s:,.0f}"
+                f" | {s.net_pages_per_s:,.0f} | {s.cpu_ms_per_page:.3f} | {s.rss_mib:.1f}"
+                f" | {s.fixed_wall:.2f} | {'yes' if s.complete else '**no**'} |"
+            )
+        if {"ours", "aiohttp", "scrapy"} <= summary.keys():
+            o, a, sc = summary["ours"], summary["aiohttp"], summary["scrapy"]
+            rows = [
+                (
+                    "pages/s net, ours / aiohttp",
+                    o.net_pages_per_s / a.net_pages_per_s,
+                    o.pages_per_s / a.pages_per_s,
+                    TARGET_VS_AIOHTTP,
+                    True,
+                ),
+                (
+                    "pages/s net, ours / Scrapy",
+                    o.net_pages_per_s / sc.net_pages_per_s,
+                    o.pages_per_s / sc.pages_per_s,
+                    TARGET_VS_SCRAPY,
+                    True,
+                ),
+                (
+                    "CPU per page, aiohttp / ours",
+                    a.cpu_ms_per_page / o.cpu_ms_per_page,
+                    a.cpu_ms_per_page / o.cpu_ms_per_page,
+                    None,
+                    True,
+                ),
+                (
+                    "peak RSS, ours / aiohttp",
+                    o.rss_mib / a.rss_mib,
+                    o.rss_mib / a.rss_mib,
+                    TARGET_RSS_VS_AIOHTTP,
+                    False,
+                ),
+            ]
+            lib = summary.get("ours-lib")
+            if lib is not None:
+                rows += [
+                    (
+                        "pages/s net, ours via the library / aiohttp",
+                        lib.net_pages_per_s / a.net_pages_per_s,
+                        lib.pages_per_s / a.pages_per_s,
+                        None,
+                        True,
+                    ),
+                    (
+                        "CPU per page, aiohttp / ours via the library",
+                        a.cpu_ms_per_page / lib.cpu_ms_per_page,
+                        a.cpu_ms_per_page / lib.cpu_ms_per_page,
+                        None,
+                        True,
+                    ),
+                ]
+            md += [
+                "",
+                "| ratio | measured | (with start-up) | target | met |",
+                "| --- | ---: | ---: | ---: | --- |",
+            ]
+            for name, ratio, wall_ratio, target, at_least in rows:
+                if target is None:
+                    md.append(f"| {name} | {ratio:.2f}x | {wall_ratio:.2f}x | (diagnostic) | |")
+                    continue
+                shown, met = _fmt_ratio(ratio, target, at_least)
+                sign = ">=" if at_least else "<="
+                md.append(f"| {name} | {shown} | {wall_ratio:.2f}x | {sign} {target:g}x | {met} |")
+            md += [
+                "",
+                "CPU per page is the contention-proof view of the pages/s target: where the",
+                "crawler is CPU-bound, the pages/s ratio tends to the inverse CPU ratio. *Ours via",
+                "the library* is the same crawl through `crawler.open_crawl`, writing JSON Lines",
+                "with a plain buffered `file.write` (`benchmarks/crawl_ours.py`): the gap between",
+                "it and the `crawl` command is the cost of the command's output layer.",
+            ]
+        md += [
+            "",
+            "Every run:",
+            "",
+            "| round | crawler | pages (lines) | distinct 200s | wall s | pages/s | CPU s"
+            " | peak RSS MiB | exit |",
+            "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for r in runs:
+            md.append(
+                f"| {r.round} | {r.tool} | {r.lines:,} | {r.ok:,} | {r.wall:.2f}"
+                f" | {r.lines / r.wall:,.0f} | {r.cpu:.2f} | {r.rss_kib / 1024:.1f}"
+                f" | {r.returncode} |"
+            )
+        md += ["", "![throughput](throughput.png)"]
+    if polite:
+        md += ["", "## 2. Politeness accuracy", ""]
+        md += [
+            f"{POLITE_HOSTS} loopback hosts (ports of `tests.siteserver`, {POLITE_LATENCY * 1000:g}"
+            f" ms latency per request), {POLITE_RATE:g} requests/s per host, burst"
+            f" {POLITE_BURST}, {POLITE_PER_HOST} in flight per host, {args.polite_pages} pages",
+            "per host. Every figure comes from the server's log of request start and end",
+            "times. Rate = (requests - 1) / (last start - first start). The bound for a",
+            f"window W is burst + rate x W (= {POLITE_BURST + POLITE_RATE:g} for W = 1 s);"
+            " *over bound* is",
+            "the largest excess over all windows W in "
+            + ", ".join(f"{w:g}" for w in POLITE_WINDOWS)
+            + " s (0 or less = never over). A short gap (under 90% of 1 / rate) with no",
+            "window over the bound is a request that reached the server late, followed by",
+            "one on time: on a busy machine, a crawler process that is descheduled for a",
+            "moment after a rate slot was granted shows up here.",
+            "",
+            "| crawler | host | requests | span s | rate /s | error | max in 1 s | over bound"
+            f" | min gap ms | gaps < {900 / POLITE_RATE:g} ms | peak concurrency |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for run in polite:
+            if run.error is not None:
+                md.append(f"| {LABELS[run.tool]} | crawl failed: {run.error} ||||||||||")
+            for i, h in enumerate(run.hosts):
+                err = (h.rate - POLITE_RATE) / POLITE_RATE
+                md.append(
+                    f"| {LABELS[run.tool]} | {i} | {h.requests} | {h.span:.2f} | {h.rate:.3f}"
+                    f" | {100 * err:+.2f}% | {h.max_1s} | {h.window_excess:+d}"
+                    f" | {h.min_gap_ms:.1f} | {h.short_gaps} | {h.peak_concurrency} |"
+                )
+        md += ["", "| target (ours) | measured | met |", "| --- | --- | --- |"]
+        ours = next((r for r in polite if r.tool == "ours"), None)
+        if ours is not None and ours.hosts:
+            worst = max(abs(h.rate - POLITE_RATE) / POLITE_RATE for h in ours.hosts)
+            over = max(h.window_excess for h in ours.hosts)
+            conc = max(h.peak_concurrency for h in ours.hosts)
+            md.append(
+                f"| rate within {100 * RATE_TOLERANCE:g}% of {POLITE_RATE:g}/s on every host"
+                f" | worst {100 * worst:.2f}% | {'yes' if worst <= RATE_TOLERANCE else '**no**'} |"
+            )
+            md.append(
+                f"| never more than burst + rate x W in a window | worst excess {over:+d}"
+                f" | {'yes' if over <= 0 else '**no**'} |"
+            )
+            md.append(
+                f"| concurrency <= {POLITE_PER_HOST} per host | peak {conc}"
+                f" | {'yes' if conc <= POLITE_PER_HOST else '**no**'} |"
+            )
+        md += ["", "![politeness](politeness.png)"]
+    md += ["", "## 3. Limiter micro-benchmark", ""]
+    if limiter is None:
+        md.append(
+            "Not run: " + ("skipped by --quick." if args.quick else "bench_limiter.py not found.")
+        )
+    else:
+        md += ["Output of `python benchmarks/bench_limiter.py` (headings demoted):", ""]
+        md += [("###" + line) if line.startswith("#") else line for line in limiter.splitlines()]
+    if profiles:
+        md += [
+            "",
+            "## Profile of our crawl",
+            "",
+            "Our crawl missed a throughput target, so `run.py` sampled one more crawl of the",
+            "same site with py-spy, through the `crawl` command and through the library.",
+            "Only samples on CPU count (waits in epoll are idle). Each sample is charged to",
+            "one layer: the outermost of output / HTML parsing / robots if on the stack, else",
+            "the innermost recognisable one. Full text in `profile.txt`.",
+        ]
+        for prof in profiles:
+            md += ["", f"### {LABELS[prof.tool]}", "", "```", prof.summary.rstrip(), "```"]
+    return "\n".join(md) + "\n"
+
+
+def plot(summary: dict[str, Summary], polite: Sequence[PoliteRun], out_dir: Path) -> list[str]:
+    """Write throughput.png and politeness.png; return the names written."""
+    try:
+        import matplotlib
+    except ImportError:
+        log("  matplotlib is not installed: no plots (pip install -e '.[bench]')")
+        return []
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    written: list[str] = []
+    polite = [run for run in polite if run.hosts]
+    colors = {"ours": "#1f77b4", "scrapy": "#2ca02c", "aiohttp": "#d62728", "ours-lib": "#9ecae1"}
+    if summary:
+        tools = list(summary)
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4.4))
+        panels: list[tuple[str, list[float]]] = [
+            (
+                "pages/s (net of start-up; higher is better)",
+                [summary[t].net_pages_per_s for t in tools],
+            ),
+            ("CPU ms per page (lower is better)", [summary[t].cpu_ms_per_page for t in tools]),
+            ("peak RSS MiB (lower is better)", [summary[t].rss_mib for t in tools]),
+        ]
+        for ax, (title, values) in zip(axes, panels, strict=True):
+            bars = ax.bar(tools, values, color=[colors[t] for t in tools])
+            ax.tick_params(axis="x", labelsize=9)
+            ax.bar_label(bars, labels=[f"{v:,.0f}" if v >= 100 else f"{v:.3g}" for v in values])
+            ax.set_title(title, fontsize=10)
+            ax.margins(y=0.15)
+        fig.suptitle("Throughput: crawl a static site on loopback, concurrency 32")
+        fig.tight_layout()
+        fig.savefig(out_dir / "throughput.png", dpi=110)
+        plt.close(fig)
+        written.append("throughput.png")
+    if polite:
+        fig, axes = plt.subplots(1, len(polite), figsize=(6.5 * len(polite), 4.2), sharey=True)
+        axes_list = list(axes) if len(polite) > 1 else [axes]
+        for ax, run in zip(axes_list, polite, strict=True):
+            for i, h in enumerate(run.hosts):
+                xs: list[float] = []
+                ys: list[int] = []
+                lo = 0
+                for hi, t in enumerate(h.starts):
+                    while t - h.starts[lo] >= 1.0:
+                        lo += 1
+                    xs.append(t)
+                    ys.append(hi - lo + 1)
+                ax.step(xs, ys, where="post", label=f"host {i}", linewidth=1)
+            ax.axhline(POLITE_RATE, color="grey", linestyle=":", label=f"rate {POLITE_RATE:g}/s")
+            ax.axhline(
+                POLITE_BURST + POLITE_RATE,
+                color="black",
+                linestyle="--",
+                label=f"bound burst + rate x 1 s = {POLITE_BURST + POLITE_RATE:g}",
+            )
+            ax.set_title(LABELS[run.tool].replace("`", ""))
+            ax.set_xlabel("seconds since the first request")
+            ax.legend(fontsize=8, loc="lower right")
+        axes_list[0].set_ylabel("requests started in the last 1 s (server log)")
+        fig.suptitle(
+            f"Politeness: {POLITE_RATE:g} requests/s per host, burst {POLITE_BURST}, "
+            f"{POLITE_PER_HOST} in flight per host"
+        )
+        fig.tight_layout()
+        fig.savefig(out_dir / "politeness.png", dpi=110)
+        plt.close(fig)
+        written.append("politeness.png")
+    return written
+
+
+# --------------------------------------------------------------------------------------
+# Main
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python benchmarks/run.py",
+        description="Throughput and politeness of our crawler against Scrapy and an "
+        "aiohttp + aiolimiter recipe. See benchmarks/README.md.",
+    )
+    p.add_argument("--quick", action="store_true", help="smoke run: small site, one round")
+    p.add_argument("--rounds", type=int, default=None, help="throughput rounds (default 3)")
+    p.add_argument("--pages", type=int, default=None, help="site size (default 20000)")
+    p.add_argument(
+        "--scrapy-pages", type=int, default=None, help="cap Scrapy's crawl (default 3000)"
+    )
+    p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument(
+        "--polite-pages", type=int, default=None, help="pages per host (default 200 = ~10 s)"
+    )
+    p.add_argument("--no-throughput", dest="throughput", action="store_false")
+    p.add_argument("--no-politeness", dest="politeness", action="store_false")
+    p.add_argument("--no-limiter", dest="limiter", action="store_false")
+    p.add_argument(
+        "--profile",
+        choices=("auto", "always", "never"),
+        default=None,
+        help="profile our crawl: when it misses a target (auto, the default), always, never",
+    )
+    p.add_argument("--python-server", action="store_true", help="use the fallback, not nginx")
+    p.add_argument("--results", type=Path, default=None, help="output directory")
+    args = p.parse_args(argv)
+    quick = args.quick
+    args.rounds = args.rounds or (1 if quick else 3)
+    args.pages = args.pages or (2000 if quick else 20_000)
+    args.scrapy_pages = args.scrapy_pages or (500 if quick else 3000)
+    args.polite_pages = args.polite_pages or (40 if quick else 200)
+    args.profile = args.profile or ("never" if quick else "auto")
+    args.results = args.results or (WORK / "results-quick" if quick else RESULTS)
+    if quick:
+        args.limiter = False
+    for name in ("rounds", "pages", "scrapy_pages", "polite_pages", "concurrency"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    return args
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds: servers and crawls in flight are stopped
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    signal.signal(signal.SIGTERM, _terminate)
+    missing = [m for m in ("scrapy", "aiohttp", "aiolimiter") if not importlib.util.find_spec(m)]
+    if missing:
+        log(f"missing {', '.join(missing)}: run  pip install -e '.[bench]'  first")
+        return 2
+    started = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    load_start = loadavg()
+    info = machine()
+    server = "(not used)"
+    summary: dict[str, Summary] = {}
+    runs: list[Run] = []
+    profiles: list[Profile] = []
+    if args.throughput:
+        log(f"generating the {args.pages:,}-page site (skipped when present) ...")
+        gen = subprocess.run(
+            [PY, str(HERE / "site.py"), "generate", "--pages", str(args.pages)],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        site_dir = Path(json.loads(gen.stdout)["dir"])
+        with site_server(site_dir, allow_nginx=not args.python_server) as (base, server):
+            log(f"throughput: {base} served by {server}")
+            runs, fixed = run_throughput(
+                base,
+                args.pages,
+                args.rounds,
+                args.scrapy_pages,
+                args.concurrency,
+                fixed_reps=1 if args.quick else 2,
+            )
+            summary = summarise(runs, fixed)
+            missed = False
+            if {"ours", "aiohttp", "scrapy"} <= summary.keys():
+                o, a, s = summary["ours"], summary["aiohttp"], summary["scrapy"]
+                missed = (
+                    o.net_pages_per_s < TARGET_VS_AIOHTTP * a.net_pages_per_s
+                    or o.net_pages_per_s < TARGET_VS_SCRAPY * s.net_pages_per_s
+                )
+            if args.profile == "always" or (args.profile == "auto" and missed):
+                log("profiling our crawl ...")
+                profiles = [profile_crawl(t, base, args.concurrency) for t in ("ours", "ours-lib")]
+    polite: list[PoliteRun] = []
+    if args.politeness:
+        log("politeness ...")
+        polite = run_politeness(args.polite_pages)
+    limiter: str | None = None
+    if args.limiter:
+        log("limiter micro-benchmark ...")
+        limiter = run_limiter_bench()
+    load_end = loadavg()
+    out_dir: Path = args.results
+    out_dir.mkdir(parents=True, exist_ok=True)
+    report = render(
+        args,
+        info,
+        server,
+        summary,
+        runs,
+        polite,
+        limiter,
+        profiles,
+        (load_start, load_end),
+        started,
+    )
+    (out_dir / "RESULTS.md").write_text(report, encoding="utf-8")
+    if profiles:
+        text = "\n\n".join(p.full.rstrip() for p in profiles)
+        (out_dir / "profile.txt").write_text(text + "\n", encoding="utf-8")
+    raw = {
+        "started": started,
+        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "machine": info,
+        "server": server,
+        "load": [load_start, load_end],
+        "summary": {k: asdict(v) for k, v in summary.items()},
+        "runs": [asdict(r) for r in runs],
+        "politeness": [asdict(r) for r in polite],
+    }
+    (out_dir / "results.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
+    written = plot(summary, polite, out_dir)
+    log(f"wrote {out_dir / 'RESULTS.md'}" + "".join(f", {w}" for w in written))
+    print(report)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1192 @@
+"""A worker of a shared crawl: many processes, on many machines, crawling one frontier in
+Redis with one per-host politeness budget.
+
+Each worker process runs one trio nursery::
+
+    claimer ──(claims up to `free` requests of hosts that are ready now)──► job tasks
+      ▲  sleeps exactly until the earliest host is ready                  │ fetch (Fetcher)
+      │  (at most MAX_WAIT: other workers may add work), or until a job   │ settle: retry,
+      │  of its own ends                                                  │ redirect hop or
+      └──────────────────────────── free slot ◄───────────────────────────┘ page ─► consumer
+    renewer: extends the leases of the jobs under way every lease/3 (and is a heartbeat)
+
+The per-host concurrency token, the GCRA rate slot, Retry-After pauses, the adaptive backoff
+and robots.txt live in Redis (see :mod:`crawler._redis`) and are shared by every worker, so
+N workers never hit a host harder than one would. A claimed request is a lease: a worker
+that dies loses nothing, its leases expire and go back to the frontier. The fetch, the
+decision about the outcome (retry, redirect, page) and the page itself are those of the
+single-process engine (`Fetcher`, `parse_html`, `normalize_url`, `Scope`, the robots.txt
+and retry helpers, `Page`).
+
+Delivery is at least once: with ``results="local"`` a page's lease is completed only when
+the consumer asks for the next page (or leaves the block normally), so a page is never lost
+to a worker killed between fetching it and writing it down; a worker killed after writing it
+but before completing it makes another worker fetch it again. With ``results="redis"`` the
+page is appended to the crawl's Redis stream in the same atomic step that completes its
+lease: exactly once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import json
+import logging
+import os
+import random
+import re
+import signal
+import socket
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import trio
+
+from ._config import CrawlConfig
+from ._fetch import Fetched, Fetcher
+from ._links import is_html, parse_html
+from ._page import ErrorKind, Exchange, Page, PageError, Statistics
+from ._redis import (
+    DEFAULT_LEASE,
+    Claim,
+    RedisClient,
+    RedisFrontier,
+    SharedCrawlError,
+    SharedStatus,
+    check_worker_id,
+    format_status,
+    open_redis,
+)
+from ._retry import RETRY_ERRORS, RETRY_STATUSES, parse_retry_after, retry_delay
+from ._robots import (
+    ROBOTS_MAX_BYTES,
+    ROBOTS_RETRY,
+    ROBOTS_TTL,
+    Robots,
+    RobotsStatus,
+    robots_from_response,
+)
+from ._sitemaps import parse_sitemap
+from ._urls import Scope, host_of, normalize_url, origin_of
+
+__all__ = [
+    "SharedCrawl",
+    "default_worker_id",
+    "main",
+    "open_shared_crawl",
+    "run_worker",
+    "shared_status",
+    "worker_path",
+]
+
+Results = Literal["local", "redis"]
+
+logger = logging.getLogger(__name__)
+
+MAX_WAIT = 0.5
+"""Longest sleep of an idle claimer: other workers may add work it cannot see coming."""
+CLAIM_BATCH_DIVISOR = 8
+CLAIM_BATCH_WAIT = 0.01
+"""With requests under way, the claimer waits up to this long for concurrency/8 free slots,
+so that one claim round trip serves several requests."""
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+ROBOTS_REDIRECTS = 5
+RELEASE_TIMEOUT = 5.0
+TRANSPORT_CLOSE_TIMEOUT = 5.0
+
+
+# ---------------------------------------------------------------------------------------
+# Queue entries: what travels through Redis for one request
+
+
+@dataclass(slots=True, eq=False)
+class _Job:
+    """One claimed URL on its way through this worker (like the engine's Request)."""
+
+    claim: Claim
+    url: str
+    depth: int
+    first_url: str
+    redirects: int = 0
+    attempt: int = 0
+    chain: tuple[str, ...] = ()
+    sitemap: bool = False
+    exchanges: list[Exchange] = field(default_factory=list)
+    error: PageError | None = None
+    redirect_target: str | None = None
+    applied: bool = False
+    """Pause and health of the last response were already sent to Redis."""
+
+
+def _entry(
+    url: str,
+    depth: int,
+    *,
+    first_url: str | None = None,
+    redirects: int = 0,
+    attempt: int = 0,
+    chain: Sequence[str] = (),
+    sitemap: bool = False,
+    exchanges: Sequence[Exchange] = (),
+) -> str:
+    data: dict[str, Any] = {"u": url, "d": depth}
+    if first_url is not None and first_url != url:
+        data["f"] = first_url
+    if redirects:
+        data["r"] = redirects
+    if attempt:
+        data["a"] = attempt
+    if chain:
+        data["c"] = list(chain)
+    if sitemap:
+        data["s"] = 1
+    if exchanges:
+        data["x"] = [_exchange_to_json(x) for x in exchanges]
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _job(claim: Claim) -> _Job:
+    data = json.loads(claim.entry)
+    url = str(data["u"])
+    return _Job(
+        claim=claim,
+        url=url,
+        depth=int(data["d"]),
+        first_url=str(data.get("f", url)),
+        redirects=int(data.get("r", 0)),
+        attempt=int(data.get("a", 0)),
+        chain=tuple(data.get("c", ())),
+        sitemap=bool(data.get("s", 0)),
+        exchanges=[_exchange_from_json(x) for x in data.get("x", ())],
+    )
+
+
+def _headers_to_json(headers: Sequence[tuple[bytes, bytes]]) -> list[list[str]]:
+    return [[k.decode("latin-1"), v.decode("latin-1")] for k, v in headers]
+
+
+def _headers_from_json(data: Sequence[Sequence[str]]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((k.encode("latin-1"), v.encode("latin-1")) for k, v in data)
+
+
+def _exchange_to_json(exchange: Exchange) -> dict[str, Any]:
+    return {
+        "method": exchange.method,
+        "url": exchange.url,
+        "request_headers": _headers_to_json(exchange.request_headers),
+        "http_version": exchange.http_version,
+        "status": exchange.status,
+        "reason": exchange.reason,
+        "response_headers": _headers_to_json(exchange.response_headers),
+        "raw_body": base64.b64encode(exchange.raw_body).decode("ascii"),
+        "truncated": exchange.truncated,
+        "started_at": exchange.started_at.isoformat(),
+    }
+
+
+def _exchange_from_json(data: dict[str, Any]) -> Exchange:
+    return Exchange(
+        method=str(data["method"]),
+        url=str(data["url"]),
+        request_headers=_headers_from_json(data["request_headers"]),
+        http_version=str(data["http_version"]),
+        status=int(data["status"]),
+        reason=str(data["reason"]),
+        response_headers=_headers_from_json(data["response_headers"]),
+        raw_body=base64.b64decode(data["raw_body"]),
+        truncated=bool(data["truncated"]),
+        started_at=dt.datetime.fromisoformat(data["started_at"]),
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# The worker
+
+
+@dataclass(slots=True, eq=False)
+class _Held:
+    """A lease this worker holds, and what to tell Redis if the worker has to stop now."""
+
+    claim: Claim
+    final: dict[str, Any] | None = None
+    """The completion of the page handed to the consumer."""
+    acked: bool = False
+    """The consumer is done with that page: at shutdown, send `final` (not a release)."""
+
+
+@dataclass(slots=True, eq=False)
+class _Delivery:
+    page: Page
+    lease: str | None
+    acked: trio.Event = field(default_factory=trio.Event)
+
+
+@dataclass(slots=True)
+class _Admitted:
+    links: list[list[object]] = field(default_factory=list)
+    hosts: list[list[object]] = field(default_factory=list)
+    drops: Counter[str] = field(default_factory=Counter)
+
+    def into(self, op: dict[str, Any]) -> dict[str, Any]:
+        if self.links:
+            op["links"] = self.links
+        if self.hosts:
+            op["hosts"] = self.hosts
+        if self.drops:
+            op["drops"] = dict(self.drops)
+        return op
+
+
+def shared_settings(config: CrawlConfig) -> dict[str, Any]:
+    """The settings every worker of one crawl must agree on (the first worker's win)."""
+    return {
+        "rate": float(config.rate),
+        "burst": config.burst,
+        "per_host": config.per_host,
+        "hosts": {
+            key: [limits.rate, limits.burst, limits.per_host]
+            for key, limits in sorted(config.hosts.items())
+        },
+        "obey_robots": config.obey_robots,
+        "user_agent": config.user_agent,
+        "scope": config.scope,
+        "include": list(config.include),
+        "exclude": list(config.exclude),
+        "max_depth": config.max_depth,
+        "max_pages": config.max_pages,
+    }
+
+
+class SharedCrawl:
+    """This worker's part of a shared crawl: iterate it for the pages this worker fetched.
+
+    Made by :func:`open_shared_crawl`. ``statistics()`` counts this worker's pages;
+    ``await status()`` reads the whole crawl's progress from Redis.
+    """
+
+    def __init__(
+        self,
+        config: CrawlConfig,
+        frontier: RedisFrontier,
+        *,
+        transport: httpx.AsyncBaseTransport | None = None,
+        results: Results = "local",
+        stay_open: bool | None = None,
+    ) -> None:
+        if results not in ("local", "redis"):
+            raise ValueError(f"results must be 'local' or 'redis', got {results!r}")
+        self.config = config
+        self.frontier = frontier
+        self.worker_id = frontier.worker_id
+        self.results = results
+        self.stay_open = config.stay_open if stay_open is None else stay_open
+        self._owns_transport = transport is None
+        self._transport = transport if transport is not None else _default_transport(config)
+        self._fetcher = Fetcher(
+            self._transport,
+            user_agent=config.user_agent,
+            timeout=config.timeout,
+            max_bytes=config.max_bytes,
+            keep_exchanges=config.keep_exchanges,
+            prepare=config.prepare,
+        )
+        self._scope = Scope(config.scope, config.seeds)
+        self._scope_version = -1
+        self._include = [re.compile(p) for p in config.include]
+        self._exclude = [re.compile(p) for p in config.exclude]
+        self._results_send, self._results_recv = trio.open_memory_channel[_Delivery](
+            config.result_buffer
+        )
+        self._rng = random.Random()
+        self._free = config.concurrency
+        self._active = 0
+        self._wake = trio.Event()
+        self._stopping = False
+        self._jobs_scope: trio.CancelScope | None = None
+        self._held: dict[str, _Held] = {}
+        self._last: _Delivery | None = None
+        self._robots: dict[str, tuple[int, Robots]] = {}
+        self._robots_exchanges: dict[str, list[Exchange]] = {}
+        self._known_hosts: set[str] = set()
+        self._started: float | None = None
+        self._ended: float | None = None
+        self._pages = 0
+        self._errors = 0
+        self._bytes = 0
+        self._disallowed = 0
+        self._redirects = 0
+        self._added = 0
+        self._lost = 0
+        self._errors_by_kind: Counter[str] = Counter()
+        self._dropped: Counter[str] = Counter()
+
+    # -- the consumer's side ------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Page]:
+        return self
+
+    async def __anext__(self) -> Page:
+        self._ack_last()
+        try:
+            delivery = await self._results_recv.receive()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+        self._last = delivery
+        return delivery.page
+
+    def _ack_last(self) -> None:
+        """The consumer is done with the last page: its lease may be completed."""
+        last, self._last = self._last, None
+        if last is not None:
+            held = self._held.get(last.lease) if last.lease is not None else None
+            if held is not None:
+                held.acked = True
+            last.acked.set()
+
+    def stop(self, *, graceful: bool = True) -> None:
+        """Claim nothing new. Graceful: requests under way finish and their pages are
+        delivered, then iteration ends. Not graceful: they are cancelled now and their
+        leases go back to the shared frontier at once."""
+        self._stopping = True
+        self._poke()
+        if not graceful and self._jobs_scope is not None:
+            self._jobs_scope.cancel()
+
+    def statistics(self) -> Statistics:
+        """This worker's share of the crawl (``seen`` = URLs this worker added)."""
+        now = trio.current_time()
+        end = self._ended if self._ended is not None else now
+        return Statistics(
+            pages=self._pages,
+            errors=self._errors,
+            bytes=self._bytes,
+            elapsed=end - self._started if self._started is not None else 0.0,
+            seen=self._added,
+            queued=0,
+            in_flight=self._active,
+            disallowed=self._disallowed,
+            redirects=self._redirects,
+            concurrency=self.config.concurrency,
+            paused=False,
+            dropped=dict(self._dropped),
+            errors_by_kind=dict(self._errors_by_kind),
+            hosts={},
+        )
+
+    async def status(self) -> SharedStatus:
+        """The whole crawl's progress, from Redis."""
+        return await self.frontier.status()
+
+    # -- running ------------------------------------------------------------------------
+
+    async def _run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._started = trio.current_time()
+        try:
+            async with trio.open_nursery() as outer:
+                outer.start_soon(self._renew_leases, name="renew leases")
+                await outer.start(self._listen, name="wake-ups")
+                async with trio.open_nursery() as jobs:
+                    self._jobs_scope = jobs.cancel_scope
+                    task_status.started()
+                    await self._claim_loop(jobs)
+                outer.cancel_scope.cancel()
+        finally:
+            self._ended = trio.current_time()
+            self._results_send.close()
+            with trio.CancelScope(shield=True):
+                with trio.move_on_after(RELEASE_TIMEOUT):
+                    await self._release_all()
+                await self._close_transport()
+
+    async def _close_transport(self) -> None:
+        if self._owns_transport:
+            with trio.CancelScope(shield=True), trio.move_on_after(TRANSPORT_CLOSE_TIMEOUT):
+                await self._transport.aclose()
+
+    async def _join(self) -> None:
+        config = self.config
+        admitted = _Admitted()
+        scope: list[str] = []
+        for seed in config.seeds:
+            canonical = normalize_url(seed, max_length=config.max_url_length)
+            if canonical is not None:
+                scope.append(canonical)
+        self._admit(config.seeds, 0, admitted, filter_robots=False)
+        settings = shared_settings(config)
+        theirs, version, added, _ = await self.frontier.join(
+            settings,
+            scope=scope,
+            links=admitted.links,
+            hosts=admitted.hosts,
+            max_pages=config.max_pages,
+            max_host_queue=config.max_host_queue,
+        )
+        if theirs != settings:
+            differences = ", ".join(
+                f"{key}={theirs.get(key)!r} (this worker: {settings.get(key)!r})"
+                for key in sorted(set(theirs) | set(settings))
+                if theirs.get(key) != settings.get(key)
+            )
+            raise SharedCrawlError(
+                f"crawl {self.frontier.crawl_id!r} runs with other settings: {differences}"
+            )
+        self._added += added
+        self._dropped.update(admitted.drops)
+        self._known_hosts.update(str(host[0]) for host in admitted.hosts)
+        await self._reload_scope(version)
+
+    async def _reload_scope(self, version: int) -> None:
+        if version != self._scope_version:
+            self._scope = Scope(
+                self.config.scope, [*self.config.seeds, *await self.frontier.seeds()]
+            )
+            self._scope_version = version
+
+    def _poke(self) -> None:
+        self._wake.set()
+        self._wake = trio.Event()
+
+    async def _claim_loop(self, jobs: trio.Nursery) -> None:
+        """Claim requests while slots are free; sleep exactly until the next host is ready."""
+        batch = max(1, self.config.concurrency // CLAIM_BATCH_DIVISOR)
+        while not self._stopping:
+            wake = self._wake
+            if self._free <= 0:
+                await wake.wait()
+                continue
+            if self._free < batch and self._active > 0:
+                # Claim several at once: a round trip per page costs as much CPU as the
+                # rest of the page. Wait a moment for more jobs to end (they poke us).
+                with trio.move_on_after(CLAIM_BATCH_WAIT):
+                    while self._free < batch and self._active > 0 and not self._stopping:
+                        await self._wake.wait()
+                if self._stopping:
+                    break
+            wanted = self._free
+            result = await self.frontier.claim(wanted)
+            for claim in result.claims:
+                self._free -= 1
+                self._active += 1
+                self._held[claim.lease] = _Held(claim)
+                jobs.start_soon(self._run_job, claim, name=f"{claim.kind} {claim.origin}")
+            if result.scope_version != self._scope_version:
+                await self._reload_scope(result.scope_version)
+            if len(result.claims) == wanted:
+                continue
+            if (
+                not result.claims
+                and result.pending == 0
+                and self._active == 0
+                and not self.stay_open
+            ):
+                return
+            delay = MAX_WAIT if result.wait is None else min(result.wait, MAX_WAIT)
+            with trio.move_on_after(delay):
+                await wake.wait()
+
+    async def _listen(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Wake the claimer when another worker frees a token or adds work to an idle host."""
+        channel = self.frontier.key("wake")
+        async with self.frontier.client.pubsub(
+            channels=[channel], ignore_subscribe_messages=True
+        ) as messages:
+            task_status.started()
+            async for _ in messages:
+                self._poke()
+
+    async def _renew_leases(self) -> None:
+        period = self.frontier.lease / 3.0
+        while True:
+            await trio.sleep(period)
+            renewed = await self.frontier.renew(list(self._held))
+            lost = [lease for lease in renewed if lease in self._held]
+            if lost:
+                # This worker stalled for longer than a lease: those URLs are back in the
+                # frontier (a completion still wins while they wait there).
+                logger.warning(
+                    "worker %s: %d lease(s) expired before renewal", self.worker_id, len(lost)
+                )
+
+    async def _release_all(self) -> None:
+        """Leaving: complete what the consumer took, give everything else back."""
+        ops: list[dict[str, Any]] = []
+        for lease, held in list(self._held.items()):
+            if held.final is not None and held.acked:
+                ops.append(held.final)
+            else:
+                ops.append({"k": "release", "l": lease, "o": held.claim.origin})
+        self._held.clear()
+        if ops:
+            await self.frontier.settle_many(ops)
+
+    async def _run_job(self, claim: Claim) -> None:
+        try:
+            if claim.kind == "robots":
+                await self._robots_job(claim)
+            else:
+                await self._url_job(_job(claim))
+        finally:
+            self._active -= 1
+            self._free += 1
+            self._poke()
+
+    async def _finish(self, lease: str, op: dict[str, Any]) -> int:
+        """Send the outcome of a lease; forget the lease."""
+        code = await self.frontier.settle(op)
+        self._held.pop(lease, None)
+        if code == 0:
+            self._lost += 1
+        return code
+
+    # -- robots.txt ---------------------------------------------------------------------
+
+    async def _robots_job(self, claim: Claim) -> None:
+        config = self.config
+        origin = claim.origin
+        fetched = await self._fetch_following(f"{origin}/robots.txt")
+        if fetched.exchange is not None:
+            self._robots_exchanges.setdefault(origin, []).append(fetched.exchange)
+        status = None if fetched.error else fetched.status
+        robots = robots_from_response(status, fetched.body, 0.0)
+        op: dict[str, Any] = {"k": "robots", "l": claim.lease, "o": origin}
+        if robots.status is RobotsStatus.UNAVAILABLE and claim.version < config.retries:
+            op["retry"] = retry_delay(claim.version, self._rng)
+        else:
+            parsed = robots.status is RobotsStatus.PARSED
+            body = fetched.body[:ROBOTS_MAX_BYTES] if parsed else b""
+            op["status"] = "" if status is None else str(status)
+            op["body"] = body.decode("utf-8", errors="replace")
+            op["interval"] = robots.interval(config.user_agent)
+            unavailable = robots.status is RobotsStatus.UNAVAILABLE
+            op["ttl"] = ROBOTS_RETRY if unavailable else ROBOTS_TTL
+            if config.sitemaps and not unavailable:
+                admitted = _Admitted()
+                sitemaps = (*robots.sitemaps, f"{origin}/sitemap.xml")
+                self._admit(sitemaps, 0, admitted, sitemap=True)
+                admitted.into(op)
+        await self._finish(claim.lease, op)
+
+    async def _fetch_following(self, url: str) -> Fetched:
+        fetched = await self._fetcher.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
+        for _ in range(ROBOTS_REDIRECTS):
+            location = fetched.headers.get("location")
+            if fetched.status not in REDIRECT_STATUSES or location is None:
+                break
+            target = normalize_url(location, url)
+            if target is None:
+                break
+            url = target
+            fetched = await self._fetcher.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
+        return fetched
+
+    async def _robots_for(self, origin: str, version: int) -> Robots:
+        """The origin's robots.txt at `version` (0: never fetched, robots ignored)."""
+        if version == 0:
+            return Robots(RobotsStatus.IGNORED)
+        cached = self._robots.get(origin)
+        if cached is not None and cached[0] >= version:
+            return cached[1]
+        stored = await self.frontier.robots(origin)
+        if stored is None:
+            robots = Robots(RobotsStatus.IGNORED)
+        else:
+            robots = robots_from_response(stored[0], stored[1], 0.0)
+        self._robots[origin] = (version, robots)
+        return robots
+
+    # -- one URL ------------------------------------------------------------------------
+
+    async def _url_job(self, job: _Job) -> None:
+        config = self.config
+        claim = job.claim
+        if config.obey_robots:
+            robots = await self._robots_for(claim.origin, claim.version)
+            if not robots.allows(job.url, config.user_agent):
+                if robots.status is RobotsStatus.UNAVAILABLE:
+                    error = PageError(ErrorKind.ROBOTS_UNAVAILABLE, robots.message)
+                    await self._deliver(job, None, error)
+                elif job.redirects:
+                    error = PageError(
+                        ErrorKind.ROBOTS_DISALLOWED, f"redirect to {job.url} disallowed"
+                    )
+                    await self._deliver(job, None, error)
+                else:
+                    op: dict[str, Any] = {
+                        "k": "done",
+                        "l": claim.lease,
+                        "o": claim.origin,
+                        "e": claim.entry,
+                        "dis": 1,
+                    }
+                    if await self._finish(claim.lease, op):
+                        self._disallowed += 1
+                return
+        fetched = await self._fetcher.fetch(job.url)
+        await self._settle(job, fetched)
+
+    async def _settle(self, job: _Job, fetched: Fetched) -> None:
+        """Turn one fetch into a page, a retry or a redirect hop (as the engine does)."""
+        config = self.config
+        if fetched.exchange is not None:
+            job.exchanges.append(fetched.exchange)
+        status = fetched.status
+        kind = fetched.error.kind if fetched.error is not None else None
+        overloaded = False
+        pause: float | None = None
+        health: str | None = None
+        if status in (429, 503):
+            retry_after = parse_retry_after(fetched.headers.get("retry-after"))
+            if retry_after is not None:
+                if retry_after > config.max_retry_after:
+                    too_long = PageError(
+                        ErrorKind.RETRY_AFTER_TOO_LONG,
+                        f"HTTP {status} asked to wait {retry_after:g} s, over max_retry_after="
+                        f"{config.max_retry_after:g} s",
+                    )
+                    await self._deliver(job, fetched, too_long)
+                    return
+                pause = retry_after
+                if job.attempt < config.retries:
+                    await self._retry(job, pause=pause)
+                    return
+            else:
+                overloaded = True
+        if overloaded or kind in (ErrorKind.TIMEOUT, ErrorKind.CONNECT):
+            health = "slow"
+        elif status is not None:
+            health = "ok"
+        if (status in RETRY_STATUSES or kind in RETRY_ERRORS) and job.attempt < config.retries:
+            delay = retry_delay(job.attempt, self._rng)
+            await self._retry(job, delay=delay, health=health)
+            return
+        redirect = status in REDIRECT_STATUSES and fetched.error is None
+        if redirect and await self._follow_redirect(job, fetched, pause, health):
+            return
+        error = fetched.error
+        if error is None and status in RETRY_STATUSES:
+            error = PageError(ErrorKind.HTTP, f"HTTP {status} after {job.attempt + 1} attempt(s)")
+        await self._deliver(job, fetched, error, pause=pause, health=health)
+
+    def _politeness(
+        self, op: dict[str, Any], job: _Job, pause: float | None, health: str | None
+    ) -> dict[str, Any]:
+        if not job.applied:
+            if pause is not None:
+                op["pause"] = pause
+            if health is not None:
+                op["health"] = health
+                op["started"] = job.claim.claimed_at
+        return op
+
+    async def _retry(
+        self,
+        job: _Job,
+        *,
+        delay: float | None = None,
+        pause: float | None = None,
+        health: str | None = None,
+    ) -> None:
+        claim = job.claim
+        keep = job.exchanges if self.config.keep_exchanges else ()
+        entry = _entry(
+            job.url,
+            job.depth,
+            first_url=job.first_url,
+            redirects=job.redirects,
+            attempt=job.attempt + 1,
+            chain=job.chain,
+            sitemap=job.sitemap,
+            exchanges=keep,
+        )
+        op: dict[str, Any] = {"k": "retry", "l": claim.lease, "o": claim.origin, "ne": entry}
+        if delay is not None:
+            op["delay"] = delay
+        await self._finish(claim.lease, self._politeness(op, job, pause, health))
+
+    async def _follow_redirect(
+        self, job: _Job, fetched: Fetched, pause: float | None, health: str | None
+    ) -> bool:
+        """Queue the next hop; False when the chain ends here (the page records why)."""
+        config = self.config
+        location = fetched.headers.get("location")
+        if location is None:
+            return False
+        target = normalize_url(location, job.url, max_length=config.max_url_length)
+        if target is None:
+            job.error = PageError(
+                ErrorKind.BAD_REDIRECT, f"redirect to {location!r}: not an http(s) URL"
+            )
+            return False
+        if target == job.url or target in job.chain:
+            job.error = PageError(ErrorKind.REDIRECT_LOOP, f"redirect loop back to {target}")
+            return False
+        if job.redirects >= config.max_redirects:
+            job.error = PageError(
+                ErrorKind.TOO_MANY_REDIRECTS,
+                f"more than max_redirects={config.max_redirects} redirects",
+            )
+            return False
+        job.redirect_target = target
+        if self._stopping or self._refusal(target, job.depth) is not None:
+            return False
+        claim = job.claim
+        origin = origin_of(target)
+        keep = job.exchanges if config.keep_exchanges else ()
+        entry = _entry(
+            target,
+            job.depth,
+            first_url=job.first_url,
+            redirects=job.redirects + 1,
+            chain=(*job.chain, job.url),
+            exchanges=keep,
+        )
+        op: dict[str, Any] = {
+            "k": "hop",
+            "l": claim.lease,
+            "o": claim.origin,
+            "links": [[target, entry, origin, 0]],
+        }
+        if origin not in self._known_hosts:
+            op["hosts"] = [self._host_spec(target, origin)]
+        code = await self.frontier.settle(self._politeness(op, job, pause, health))
+        job.applied = True
+        if code == 2:
+            return False  # already seen: this response is the chain's page
+        self._held.pop(claim.lease, None)
+        if code == 1:
+            self._known_hosts.add(origin)
+            self._redirects += 1
+        else:
+            self._lost += 1
+        return True
+
+    async def _deliver(
+        self,
+        job: _Job,
+        fetched: Fetched | None,
+        error: PageError | None,
+        *,
+        pause: float | None = None,
+        health: str | None = None,
+    ) -> None:
+        """Build the page (as the engine does), hand it over, complete the lease."""
+        config = self.config
+        claim = job.claim
+        error = error or job.error
+        title: str | None = None
+        links: tuple[str, ...] = ()
+        headers = fetched.headers if fetched is not None else httpx.Headers()
+        content_type = headers.get("content-type")
+        status = fetched.status if fetched is not None else None
+        body = fetched.body if fetched is not None else b""
+        admitted = _Admitted()
+        if job.redirect_target is not None:
+            links = (job.redirect_target,)
+        elif job.sitemap and fetched is not None and error is None and status == 200:
+            locs, is_index = parse_sitemap(body, config.max_bytes)
+            links = tuple(dict.fromkeys(u for u in map(normalize_url, locs) if u is not None))
+            depth = job.depth + (0 if is_index else 1)
+            self._admit(links, depth, admitted, sitemap=is_index)
+        elif (
+            fetched is not None
+            and error is None
+            and status is not None
+            and 200 <= status < 300
+            and is_html(content_type)
+        ):
+            parsed = parse_html(
+                body,
+                job.url,
+                content_type,
+                max_links=config.max_links_per_page,
+                max_url_length=config.max_url_length,
+            )
+            title = parsed.title
+            links = parsed.links
+        exchanges = [*self._robots_exchanges.pop(claim.origin, ()), *job.exchanges]
+        page = Page(
+            url=job.first_url,
+            final_url=job.url,
+            status=status,
+            depth=job.depth,
+            headers=headers,
+            content_type=content_type,
+            title=title,
+            links=links,
+            body=body,
+            elapsed=fetched.elapsed if fetched is not None else 0.0,
+            fetched_at=fetched.started_at if fetched is not None else _utcnow(),
+            error=error,
+            exchanges=tuple(exchanges),
+        )
+        if links and job.redirect_target is None and not job.sitemap:
+            self._admit_links(page, admitted)
+        op: dict[str, Any] = {
+            "k": "done",
+            "l": claim.lease,
+            "o": claim.origin,
+            "e": claim.entry,
+            "page": 1,
+            "bytes": len(body),
+            "max": -1 if config.max_pages is None else config.max_pages,
+            "cap": config.max_host_queue,
+        }
+        if error is not None:
+            op["err"] = str(error.kind)
+        self._politeness(admitted.into(op), job, pause, health)
+        if self.results == "redis":
+            from ._output import page_to_json
+
+            op["res"] = json.dumps(page_to_json(page), separators=(",", ":"))
+            if await self._finish(claim.lease, op):
+                self._count(page, admitted)
+                await self._results_send.send(_Delivery(page, None))
+            return
+        # Local results: complete the lease only once the consumer is done with the page.
+        held = self._held.get(claim.lease)
+        if held is not None:
+            held.final = op
+        delivery = _Delivery(page, claim.lease)
+        await self._results_send.send(delivery)
+        await delivery.acked.wait()
+        if await self._finish(claim.lease, op):
+            self._count(page, admitted)
+
+    def _count(self, page: Page, admitted: _Admitted) -> None:
+        self._pages += 1
+        self._bytes += len(page.body)
+        if page.error is not None:
+            self._errors += 1
+            self._errors_by_kind[str(page.error.kind)] += 1
+        self._added += sum(1 for link in admitted.links if link[3] != -1)
+        self._dropped.update(admitted.drops)
+        self._known_hosts.update(str(host[0]) for host in admitted.hosts)
+
+    # -- admission (the engine's Frontier.admit, minus the seen-set that Redis keeps) -----
+
+    def _refusal(self, canonical: str, depth: int) -> str | None:
+        config = self.config
+        if config.max_depth is not None and depth > config.max_depth:
+            return "max_depth"
+        if not self._scope.allows(canonical):
+            return "scope"
+        if self._include and not any(p.search(canonical) for p in self._include):
+            return "include"
+        if any(p.search(canonical) for p in self._exclude):
+            return "exclude"
+        return None
+
+    def _host_spec(self, url: str, origin: str) -> list[object]:
+        rate, burst, per_host = self.config.limits_for(host_of(url), origin)
+        return [origin, rate, burst, per_host, 1 if self.config.obey_robots else 0]
+
+    def _admit(
+        self,
+        urls: Sequence[str],
+        depth: int,
+        admitted: _Admitted,
+        *,
+        sitemap: bool = False,
+        filter_robots: bool = True,
+    ) -> None:
+        config = self.config
+        new_hosts = {str(h[0]) for h in admitted.hosts}
+        for url in urls:
+            canonical = normalize_url(url, max_length=config.max_url_length)
+            if canonical is None:
+                admitted.drops["invalid"] += 1
+                continue
+            refusal = self._refusal(canonical, depth)
+            if refusal is not None:
+                admitted.drops[refusal] += 1
+                continue
+            origin = origin_of(canonical)
+            counts = 1
+            if filter_robots and config.obey_robots:
+                known = self._robots.get(origin)
+                if known is not None and not known[1].allows(canonical, config.user_agent):
+                    counts = -1
+            entry = _entry(canonical, depth, sitemap=sitemap)
+            admitted.links.append([canonical, entry, origin, counts])
+            if origin not in self._known_hosts and origin not in new_hosts:
+                new_hosts.add(origin)
+                admitted.hosts.append(self._host_spec(canonical, origin))
+
+    def _admit_links(self, page: Page, admitted: _Admitted) -> None:
+        depth = page.depth + 1
+        max_depth = self.config.max_depth
+        if max_depth is not None and depth > max_depth:
+            return
+        should_follow = self.config.should_follow
+        links = page.links
+        if should_follow is not None:
+            links = tuple(link for link in links if should_follow(link, page))
+        self._admit(links, depth, admitted)
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def _default_transport(config: CrawlConfig) -> httpx.AsyncBaseTransport:
+    from ._transport import TrioTransport
+
+    most_per_host = max([config.per_host, *(h.per_host or 0 for h in config.hosts.values())])
+    return TrioTransport(
+        max_connections_per_origin=most_per_host,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+    )
+
+
+def default_worker_id() -> str:
+    """``<hostname>-<pid>``, with anything but ``[A-Za-z0-9._:@-]`` replaced by ``-``."""
+    raw = f"{socket.gethostname() or 'worker'}-{os.getpid()}"
+    return re.sub(r"[^A-Za-z0-9._:@-]", "-", raw)[-200:]
+
+
+def worker_path(path: str | os.PathLike[str], worker_id: str) -> str:
+    """This worker's own output file: ``out.jsonl`` -> ``out.w-<id>.jsonl``,
+    ``site.warc.gz`` -> ``site.w-<id>.warc.gz``; ``-`` (stdout) stays ``-``."""
+    text = os.fspath(path)
+    if text == "-":
+        return text
+    p = Path(text)
+    suffixes = p.suffixes[-2:] if p.suffix == ".gz" else p.suffixes[-1:]
+    suffix = "".join(suffixes)
+    stem = p.name[: len(p.name) - len(suffix)] if suffix else p.name
+    if not stem:
+        stem, suffix = p.name, ""
+    return str(p.with_name(f"{stem}.w-{check_worker_id(worker_id)}{suffix}"))
+
+
+@asynccontextmanager
+async def open_shared_crawl(
+    config: CrawlConfig,
+    *,
+    redis_url: str | None = None,
+    crawl_id: str,
+    worker_id: str | None = None,
+    client: RedisClient | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+    results: Results = "local",
+    lease: float = DEFAULT_LEASE,
+    stay_open: bool | None = None,
+) -> AsyncIterator[SharedCrawl]:
+    """Join the shared crawl `crawl_id` in Redis as one worker; iterate for its pages.
+
+    Give `redis_url` (``redis://host:port/db``, ``redis+cluster://host:port``) or an
+    entered coredis `client`. Seeds in `config` are added to the shared frontier (ones seen
+    before are ignored); a worker may join with none. Iteration ends when the shared
+    frontier is empty and nothing is leased by any worker (with ``stay_open``: on
+    ``stop()``). Leaving the block stops this worker at once; its unfinished requests go
+    back to the frontier. An exception raised in the block propagates unchanged.
+
+    `stay_open` overrides ``config.stay_open``: a worker joining without seeds needs a
+    CrawlConfig with ``stay_open=True`` (CrawlConfig insists on seeds otherwise) and
+    passes ``stay_open=False`` to end with the crawl.
+    """
+    if (redis_url is None) == (client is None):
+        raise ValueError("give exactly one of redis_url and client")
+    worker = check_worker_id(worker_id if worker_id is not None else default_worker_id())
+    async with AsyncExitStack() as stack:
+        if client is None:
+            assert redis_url is not None
+            client = await stack.enter_async_context(open_redis(redis_url))
+        frontier = RedisFrontier(client, crawl_id, worker_id=worker, lease=lease)
+        crawl = SharedCrawl(
+            config, frontier, transport=transport, results=results, stay_open=stay_open
+        )
+        try:
+            await crawl._join()
+        except BaseException:
+            await crawl._close_transport()
+            raise
+        raised: BaseException | None = None
+        async with trio.open_nursery() as nursery:
+            await nursery.start(crawl._run, name=f"shared crawl {crawl_id}")
+            try:
+                yield crawl
+            except BaseException as exc:  # re-raised below, after the crawl's tasks are gone
+                raised = exc
+            else:
+                crawl._ack_last()
+            nursery.cancel_scope.cancel()
+        if raised is not None:
+            raise raised
+
+
+async def shared_status(redis_url: str, crawl_id: str, *, host_limit: int = 1000) -> SharedStatus:
+    """The progress of the shared crawl `crawl_id` (queued, leased, done, errors, per host)."""
+    async with open_redis(redis_url) as client:
+        frontier = RedisFrontier(client, crawl_id, worker_id="status")
+        return await frontier.status(host_limit=host_limit)
+
+
+async def run_worker(
+    config: CrawlConfig,
+    *,
+    redis_url: str,
+    crawl_id: str,
+    worker_id: str | None = None,
+    output: str | os.PathLike[str] | None = None,
+    warc: str | os.PathLike[str] | None = None,
+    results: Results = "local",
+    lease: float = DEFAULT_LEASE,
+    transport: httpx.AsyncBaseTransport | None = None,
+    stay_open: bool | None = None,
+    stop_on_signals: bool = False,
+) -> Statistics:
+    """Run one worker to the end of the shared crawl, writing its pages to its own files
+    (`output` JSON Lines and `warc`, each named with :func:`worker_path`).
+
+    With `stop_on_signals`, SIGINT/SIGTERM stop it gracefully (a second one: at once).
+    Returns this worker's statistics."""
+    from ._output import JsonLinesWriter, WarcWriter
+
+    worker = worker_id if worker_id is not None else default_worker_id()
+    if warc is not None and not config.keep_exchanges:
+        config = replace(config, keep_exchanges=True)
+    async with AsyncExitStack() as stack:
+        writers: list[JsonLinesWriter | WarcWriter] = []
+        if output is not None:
+            jsonl = JsonLinesWriter(worker_path(output, worker))
+            writers.append(await stack.enter_async_context(jsonl))
+        if warc is not None:
+            archive = WarcWriter(worker_path(warc, worker), config=config)
+            writers.append(await stack.enter_async_context(archive))
+        crawl = await stack.enter_async_context(
+            open_shared_crawl(
+                config,
+                redis_url=redis_url,
+                crawl_id=crawl_id,
+                worker_id=worker,
+                transport=transport,
+                results=results,
+                lease=lease,
+                stay_open=stay_open,
+            )
+        )
+        async with trio.open_nursery() as nursery:
+            if stop_on_signals:
+                nursery.start_soon(_stop_on_signals, crawl)
+            async for page in crawl:
+                for writer in writers:
+                    await writer.write(page)
+            nursery.cancel_scope.cancel()
+        return crawl.statistics()
+
+
+async def _stop_on_signals(crawl: SharedCrawl) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        graceful = True
+        async for _ in signals:
+            crawl.stop(graceful=graceful)
+            graceful = False
+
+
+# ---------------------------------------------------------------------------------------
+# `python -m crawler._distributed` (until `crawl --redis` is wired in)
+
+
+def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m crawler._distributed",
+        description="Run one worker of a crawl shared through Redis.",
+    )
+    parser.add_argument("seeds", nargs="*", help="seed URLs (any worker may give them)")
+    parser.add_argument("--redis", required=True, help="redis://host:port/db or redis+cluster://")
+    parser.add_argument("--crawl-id", required=True, help="name of the shared crawl")
+    parser.add_argument("--worker-id", help="this worker's id (default: <hostname>-<pid>)")
+    parser.add_argument("-o", "--output", help="JSON Lines file (named per worker: out.w-ID.jsonl)")
+    parser.add_argument("--warc", help="WARC file (named per worker)")
+    parser.add_argument("--results", choices=("local", "redis"), default="local")
+    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE, help="lease seconds")
+    parser.add_argument("--status", action="store_true", help="show the shared crawl's progress")
+    parser.add_argument("--reset", action="store_true", help="delete the crawl's keys and exit")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--per-host", type=int, default=2)
+    parser.add_argument("--rate", type=float, default=1.0)
+    parser.add_argument("--burst", type=int, default=1)
+    parser.add_argument("--max-pages", type=int)
+    parser.add_argument("--max-depth", type=int)
+    parser.add_argument("--scope", choices=("host", "domain", "any"), default="host")
+    parser.add_argument("--ignore-robots", action="store_true")
+    parser.add_argument("--user-agent")
+    parser.add_argument("--timeout", type=float, default=30.0)
+    parser.add_argument("--retries", type=int, default=2)
+    parser.add_argument("--stay-open", action="store_true")
+    parser.add_argument("-q", "--quiet", action="store_true")
+    return parser.parse_args(argv)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    if args.status or args.reset:
+        async with open_redis(args.redis) as client:
+            frontier = RedisFrontier(client, args.crawl_id, worker_id="status")
+            if args.reset:
+                deleted = await frontier.delete()
+                print(f"crawl {args.crawl_id}: deleted {deleted} keys")
+            else:
+                print(format_status(await frontier.status()))
+        return 0
+    settings: dict[str, Any] = {
+        "seeds": tuple(args.seeds),
+        "concurrency": args.concurrency,
+        "per_host": args.per_host,
+        "rate": args.rate,
+        "burst": args.burst,
+        "max_pages": args.max_pages,
+        "max_depth": args.max_depth,
+        "scope": args.scope,
+        "obey_robots": not args.ignore_robots,
+        "timeout": args.timeout,
+        "retries": args.retries,
+    }
+    if args.user_agent:
+        settings["user_agent"] = args.user_agent
+    # CrawlConfig wants seeds unless it stays open; a worker may join a crawl without any.
+    config = CrawlConfig(**settings, stay_open=args.stay_open or not args.seeds)
+    stats = await run_worker(
+        config,
+        redis_url=args.redis,
+        crawl_id=args.crawl_id,
+        worker_id=args.worker_id,
+        output=args.output,
+        warc=args.warc,
+        results=args.results,
+        lease=args.lease,
+        stay_open=args.stay_open,
+        stop_on_signals=True,
+    )
+    if not args.quiet:
+        print(
+            f"worker done: {stats.pages} pages, {stats.errors} errors, "
+            f"{stats.elapsed:.1f} s, {stats.pages_per_second:.0f} pages/s",
+            file=sys.stderr,
+        )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parse_args(argv)
+    try:
+        return trio.run(_main, args)
+    except (SharedCrawlError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1013 @@
+"""The shared frontier of a distributed crawl: per-host queues, the seen-set, leases and
+per-host politeness (concurrency tokens, GCRA rate, Retry-After pauses, backoff, robots.txt
+state) in Redis, changed only by Lua scripts so that every change is atomic.
+
+Every key of one crawl lives under ``crawler:{<crawl-id>}:`` -- the braces are a Redis
+Cluster hash tag, so all keys of a crawl hash to one slot and the scripts (which build
+per-host key names from that prefix) run on one node of a cluster as well.
+
+========================  ======  ==========================================================
+key (after the prefix)    type    what
+========================  ======  ==========================================================
+``meta``                  hash    ``epoch`` (server seconds the crawl's clock counts from),
+                                  ``settings`` (JSON of the first worker's politeness
+                                  settings), ``scopever`` (bumped when a seed widens scope)
+``stats``                 hash    ``pending`` (queued + leased + delayed: 0 = crawl over),
+                                  ``admitted``, ``pages``, ``errors``, ``bytes``,
+                                  ``disallowed``, ``redirects``, ``retries``, ``recovered``,
+                                  ``err:<kind>``, ``drop:<reason>``
+``seen``                  set     canonical URLs ever admitted (dedup across workers)
+``seeds``                 set     seed URLs given by any worker (the shared scope)
+``hosts``                 zset    origins with queued URLs, scored by the crawl time at which
+                                  the origin can next be served (rate slot, free token,
+                                  Retry-After, robots.txt)
+``hostset``               set     every origin of the crawl
+``h:<origin>``            hash    politeness of one origin: ``rate``/``burst``/``per_host``
+                                  (configured), ``interval``/``burst_eff``/``tat``/``nb``
+                                  (GCRA state and not-before), ``backoff``, ``robots`` state,
+                                  counters
+``q:<origin>``            list    the origin's queue (JSON entries)
+``t:<origin>``            zset    concurrency tokens in use: lease id -> expiry
+``robots:<origin>``       hash    robots.txt as fetched (``status``, ``body``)
+``leases``                zset    every lease id -> expiry (recovery scans it)
+``leased``                hash    lease id -> ``worker \\t origin \\t entry``
+``delayed``               zset    ``origin \\t entry`` waiting out a retry delay -> due time
+``seq``                   string  lease id counter
+``workers``               hash    worker id -> crawl time last seen
+``results``               stream  pages, when workers run with ``results="redis"``
+``wake``                  channel (pub/sub, not a key) published when a host becomes ready
+                                  sooner than the ``hosts`` zset said: idle workers claim
+========================  ======  ==========================================================
+
+Times inside Redis are the *server's* clock (``TIME``) counted from ``meta.epoch``, so
+workers on machines with skewed clocks agree; a worker only ever sleeps for a duration the
+server computed.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+from urllib.parse import unquote, urlsplit
+
+import trio
+
+from ._retry import BACKOFF_CAP, BACKOFF_FLOOR
+
+if TYPE_CHECKING:
+    import coredis
+
+__all__ = [
+    "Claim",
+    "ClaimResult",
+    "RedisFrontier",
+    "SharedCrawlError",
+    "SharedHostStatus",
+    "SharedStatus",
+    "check_crawl_id",
+    "crawl_prefix",
+    "open_redis",
+]
+
+RedisClient: TypeAlias = "coredis.Redis[str] | coredis.RedisCluster[str]"
+
+DEFAULT_LEASE = 30.0
+"""Seconds a claimed request (and its host's concurrency token) stays leased without renewal."""
+SETTLE_TIMEOUT = 10.0
+"""A settle call (a commit point) runs shielded from cancellation for at most this long."""
+RECOVER_PER_CLAIM = 64
+PROMOTE_PER_CLAIM = 128
+EXAMINE_PER_CLAIM = 128
+
+_CRAWL_ID = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
+_WORKER_ID = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
+
+
+class SharedCrawlError(Exception):
+    """A shared crawl cannot be joined or used (bad id, settings that disagree, ...)."""
+
+
+def check_crawl_id(crawl_id: str) -> str:
+    if not isinstance(crawl_id, str) or not _CRAWL_ID.fullmatch(crawl_id):
+        raise ValueError(
+            "crawl_id must be 1-200 characters of letters, digits and ._:@- "
+            f"(no braces: it is the Redis Cluster hash tag), got {crawl_id!r}"
+        )
+    return crawl_id
+
+
+def check_worker_id(worker_id: str) -> str:
+    if not isinstance(worker_id, str) or not _WORKER_ID.fullmatch(worker_id):
+        raise ValueError(
+            f"worker_id must be 1-200 characters of letters, digits and ._:@-, got {worker_id!r}"
+        )
+    return worker_id
+
+
+def crawl_prefix(crawl_id: str) -> str:
+    """``crawler:{<crawl-id>}:`` -- every key of the crawl starts with it."""
+    return f"crawler:{{{check_crawl_id(crawl_id)}}}:"
+
+
+# ---------------------------------------------------------------------------------------
+# Lua. One prelude of helpers, then one body per script. Numbers are written with %.17g
+# so that times (seconds since the crawl's epoch) and intervals round-trip exactly.
+
+_PRELUDE = """
+-- Redis < 7 needs effects replication before a script may write after reading TIME.
+if redis.replicate_commands then redis.replicate_commands() end
+local P = ARGV[1]
+local K_META, K_STATS, K_SEEN, K_SEEDS = P..'meta', P..'stats', P..'seen', P..'seeds'
+local K_HOSTS, K_HOSTSET, K_LEASES, K_LEASED = P..'hosts', P..'hostset', P..'leases', P..'leased'
+local K_DELAYED, K_WORKERS, K_RESULTS = P..'delayed', P..'workers', P..'results'
+local FLOOR, CAP = %(floor)r, %(cap)r
+-- A slot due within a nanosecond is due now ((now + T) - T is not always now in floats).
+local EPS = 1e-9
+
+local function fmt(x) return string.format('%%.17g', x) end
+
+local function clock()
+  local t = redis.call('TIME')
+  local epoch = redis.call('HGET', K_META, 'epoch')
+  if not epoch then
+    epoch = t[1]
+    redis.call('HSET', K_META, 'epoch', epoch)
+  end
+  return (tonumber(t[1]) - tonumber(epoch)) + tonumber(t[2]) / 1000000
+end
+
+local function load(o)
+  local raw = redis.call('HGETALL', P..'h:'..o)
+  local h = {}
+  for i = 1, #raw, 2 do h[raw[i]] = raw[i + 1] end
+  return h
+end
+
+local function num(h, k) return tonumber(h[k]) or 0 end
+
+local function put(o, h, k, v)
+  h[k] = v
+  redis.call('HSET', P..'h:'..o, k, v)
+end
+
+local function split(v)
+  local a = string.find(v, '\\t', 1, true)
+  local b = string.find(v, '\\t', a + 1, true)
+  return string.sub(v, 1, a - 1), string.sub(v, a + 1, b - 1), string.sub(v, b + 1)
+end
+
+-- Earliest crawl time at which the origin can be handed a request: a free concurrency
+-- token (else the earliest token lease expiry), a conforming GCRA slot, the Retry-After
+-- not-before, and robots.txt not being fetched by someone else.
+local function ready_at(o, h, now)
+  local toks = P..'t:'..o
+  if redis.call('ZCARD', toks) >= num(h, 'per_host') then
+    local first = redis.call('ZRANGE', toks, 0, 0, 'WITHSCORES')
+    return tonumber(first[2])
+  end
+  local at = num(h, 'tat') - (num(h, 'burst_eff') - 1) * num(h, 'interval')
+  local nb = num(h, 'nb')
+  if nb > at then at = nb end
+  if h.robots == 'fetching' then
+    local u = num(h, 'robots_until')
+    if u > at then at = u end
+  elseif h.robots == 'unknown' then
+    local r = num(h, 'robots_retry')
+    if r > at then at = r end
+  end
+  return at
+end
+
+-- Set when a host became ready sooner than the hosts zset told the sleeping workers (a
+-- freed token, work for an idle host): the script then wakes them with one PUBLISH.
+local NOTIFY = false
+
+local function rescore(o, h, now)
+  if redis.call('LLEN', P..'q:'..o) == 0 then
+    redis.call('ZREM', K_HOSTS, o)
+    return
+  end
+  local at = ready_at(o, h, now)
+  if at <= now + EPS then
+    local old = redis.call('ZSCORE', K_HOSTS, o)
+    if not old or tonumber(old) > now + EPS then NOTIFY = true end
+  end
+  redis.call('ZADD', K_HOSTS, fmt(at), o)
+end
+
+local function notify()
+  if NOTIFY then redis.call('PUBLISH', P..'wake', '1') end
+end
+
+-- The interval is the largest of the configured one, robots.txt's and the adaptive
+-- backoff; a slower pace than configured gets no burst and counts from now (as
+-- Host.apply_limits and LeakyBucket's rate setter do in one process).
+local function apply_limits(o, h, now)
+  local rate = num(h, 'rate')
+  local base = 0
+  if rate > 0 then base = 1 / rate end
+  local interval = math.max(base, num(h, 'robots_delay'), num(h, 'backoff'))
+  local burst = num(h, 'burst')
+  if interval > base then burst = 1 end
+  local old = num(h, 'interval')
+  local tat = num(h, 'tat')
+  if interval ~= old and tat > now then
+    if old > 0 then tat = now + (tat - now) * interval / old else tat = now end
+  end
+  local nb = num(h, 'nb')
+  if interval > base then
+    local deadline = now + interval
+    if deadline > nb then
+      nb = deadline
+      local t2 = deadline + (burst - 1) * interval
+      if t2 > tat then tat = t2 end
+    end
+  end
+  h.interval, h.burst_eff, h.tat, h.nb = fmt(interval), tostring(burst), fmt(tat), fmt(nb)
+  redis.call('HSET', P..'h:'..o, 'interval', h.interval, 'burst_eff', h.burst_eff,
+    'tat', h.tat, 'nb', h.nb)
+end
+
+-- Retry-After: nothing conforms before now + pause, and the bucket is full then.
+local function pause(o, h, seconds, now)
+  if not seconds or seconds <= 0 then return end
+  local deadline = now + seconds
+  if deadline > num(h, 'nb') then
+    local tat = math.max(num(h, 'tat'), deadline + (num(h, 'burst_eff') - 1) * num(h, 'interval'))
+    put(o, h, 'nb', fmt(deadline))
+    put(o, h, 'tat', fmt(tat))
+  end
+end
+
+-- Adaptive backoff (crawler._retry.grow_backoff / decay_backoff), once per round.
+local function health(o, h, how, started, now)
+  if not how then return end
+  local rate = num(h, 'rate')
+  local base = 0
+  if rate > 0 then base = 1 / rate end
+  local site = math.max(base, num(h, 'robots_delay'))
+  local backoff = num(h, 'backoff')
+  if how == 'slow' then
+    if (started or now) >= num(h, 'backoff_at') then
+      put(o, h, 'backoff', fmt(math.min(CAP, math.max(backoff * 2, site * 2, FLOOR))))
+      put(o, h, 'backoff_at', fmt(now))
+      apply_limits(o, h, now)
+    end
+  elseif how == 'ok' and backoff > 0 then
+    local halved = backoff / 2
+    if halved <= math.max(site, FLOOR / 2) then halved = 0 end
+    put(o, h, 'backoff', fmt(halved))
+    apply_limits(o, h, now)
+  end
+end
+
+local function ensure_host(spec)
+  local o = spec[1]
+  local key = P..'h:'..o
+  if redis.call('EXISTS', key) == 1 then return end
+  local rate, burst, per_host = tonumber(spec[2]), tonumber(spec[3]), tonumber(spec[4])
+  local interval = 0
+  if rate > 0 then interval = 1 / rate end
+  local robots = 'ignored'
+  if spec[5] == 1 then robots = 'unknown' end
+  redis.call('HSET', key, 'rate', fmt(rate), 'burst', burst, 'per_host', per_host,
+    'interval', fmt(interval), 'burst_eff', burst, 'tat', '0', 'nb', '0',
+    'backoff', '0', 'backoff_at', '-1', 'robots', robots, 'robots_until', '0',
+    'robots_retry', '0', 'robots_expires', '0', 'robots_ver', '0', 'robots_attempts', '0',
+    'robots_delay', '0', 'done', '0', 'errors', '0', 'bytes', '0', 'disallowed', '0')
+  redis.call('SADD', K_HOSTSET, o)
+end
+
+-- Admit one URL ({url, entry, origin, counts}); dedup by the seen-set.
+local function admit(link, max_pages, cap, touched)
+  local url, e, o, counts = link[1], link[2], link[3], link[4]
+  if counts == -1 then
+    -- robots.txt (known to the sender) disallows it: mark it seen and count it once.
+    if redis.call('SADD', K_SEEN, url) == 1 then
+      redis.call('HINCRBY', K_STATS, 'disallowed', 1)
+      if redis.call('EXISTS', P..'h:'..o) == 1 then
+        redis.call('HINCRBY', P..'h:'..o, 'disallowed', 1)
+      end
+    end
+    return 0
+  end
+  if redis.call('SISMEMBER', K_SEEN, url) == 1 then return 0 end
+  if counts == 1 and max_pages >= 0 and
+      tonumber(redis.call('HGET', K_STATS, 'admitted') or '0') >= max_pages then
+    redis.call('HINCRBY', K_STATS, 'drop:max_pages', 1)
+    return 0
+  end
+  local q = P..'q:'..o
+  if redis.call('LLEN', q) >= cap then
+    redis.call('HINCRBY', K_STATS, 'drop:host_queue', 1)
+    return 0
+  end
+  redis.call('SADD', K_SEEN, url)
+  if counts == 1 then redis.call('HINCRBY', K_STATS, 'admitted', 1) end
+  redis.call('RPUSH', q, e)
+  redis.call('HINCRBY', K_STATS, 'pending', 1)
+  touched[o] = true
+  return 1
+end
+
+local function admit_all(op, now)
+  for _, spec in ipairs(op.hosts or {}) do ensure_host(spec) end
+  local touched = {}
+  local added = 0
+  for _, link in ipairs(op.links or {}) do
+    added = added + admit(link, op.max or -1, op.cap or 1e18, touched)
+  end
+  for o, _ in pairs(touched) do
+    if not redis.call('ZSCORE', K_HOSTS, o) then rescore(o, load(o), now) end
+  end
+  return added
+end
+
+local function new_lease(o, e, expires, worker)
+  local id = tostring(redis.call('INCR', P..'seq'))
+  redis.call('ZADD', K_LEASES, fmt(expires), id)
+  redis.call('ZADD', P..'t:'..o, fmt(expires), id)
+  redis.call('HSET', K_LEASED, id, worker..'\\t'..o..'\\t'..e)
+  return id
+end
+
+local function drop_lease(id, o)
+  redis.call('ZREM', K_LEASES, id)
+  redis.call('HDEL', K_LEASED, id)
+  redis.call('ZREM', P..'t:'..o, id)
+end
+
+-- Expired leases: their URLs go back to the front of their queues, their tokens return.
+local function recover(now, limit)
+  local ids = redis.call('ZRANGEBYSCORE', K_LEASES, '-inf', fmt(now), 'LIMIT', 0, limit)
+  for _, id in ipairs(ids) do
+    local v = redis.call('HGET', K_LEASED, id)
+    if v then
+      local _, o, e = split(v)
+      drop_lease(id, o)
+      if e ~= '' then
+        redis.call('LPUSH', P..'q:'..o, e)
+        redis.call('HINCRBY', K_STATS, 'recovered', 1)
+      end
+      rescore(o, load(o), now)
+    else
+      redis.call('ZREM', K_LEASES, id)
+    end
+  end
+end
+
+local function promote(now, limit)
+  local items = redis.call('ZRANGEBYSCORE', K_DELAYED, '-inf', fmt(now), 'LIMIT', 0, limit)
+  for _, v in ipairs(items) do
+    redis.call('ZREM', K_DELAYED, v)
+    local a = string.find(v, '\\t', 1, true)
+    local o = string.sub(v, 1, a - 1)
+    redis.call('LPUSH', P..'q:'..o, string.sub(v, a + 1))
+    if not redis.call('ZSCORE', K_HOSTS, o) then rescore(o, load(o), now) end
+  end
+end
+
+local function count(h, o, op)
+  if op.page == 1 then
+    redis.call('HINCRBY', K_STATS, 'pages', 1)
+    redis.call('HINCRBY', K_STATS, 'bytes', op.bytes or 0)
+    redis.call('HINCRBY', P..'h:'..o, 'bytes', op.bytes or 0)
+    if op.err then
+      redis.call('HINCRBY', K_STATS, 'errors', 1)
+      redis.call('HINCRBY', K_STATS, 'err:'..op.err, 1)
+      redis.call('HINCRBY', P..'h:'..o, 'errors', 1)
+    else
+      redis.call('HINCRBY', P..'h:'..o, 'done', 1)
+    end
+  end
+  if op.dis then
+    redis.call('HINCRBY', K_STATS, 'disallowed', op.dis)
+    redis.call('HINCRBY', P..'h:'..o, 'disallowed', op.dis)
+  end
+  for reason, n in pairs(op.drops or {}) do
+    redis.call('HINCRBY', K_STATS, 'drop:'..reason, n)
+  end
+end
+"""
+
+# Hand out up to ARGV[2] requests of hosts that are ready now; return the wait until the
+# earliest could be, the crawl's pending count, the scope version and the crawl time.
+_CLAIM = """
+local n, lease, worker = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local now = clock()
+recover(now, %(recover)d)
+promote(now, %(promote)d)
+local out = {}
+local claimed, examined = 0, 0
+while claimed < n and examined < %(examine)d do
+  local c = redis.call('ZRANGEBYSCORE', K_HOSTS, '-inf', fmt(now + EPS), 'LIMIT', 0, 1)
+  if #c == 0 then break end
+  examined = examined + 1
+  local o = c[1]
+  local q = P..'q:'..o
+  if redis.call('LLEN', q) == 0 then
+    redis.call('ZREM', K_HOSTS, o)
+  else
+    local h = load(o)
+    local at = ready_at(o, h, now)
+    if at > now + EPS then
+      redis.call('ZADD', K_HOSTS, fmt(at), o)
+    else
+      local tat = num(h, 'tat')
+      if tat < now then tat = now end
+      put(o, h, 'tat', fmt(tat + num(h, 'interval')))
+      local rs = h.robots
+      if rs == 'unknown' or rs == 'fetching' or
+          (rs == 'done' and num(h, 'robots_expires') <= now) then
+        local expires = now + lease
+        local id = new_lease(o, '', expires, worker)
+        put(o, h, 'robots', 'fetching')
+        put(o, h, 'robots_until', fmt(expires))
+        for _, v in ipairs({'r', id, o, '', h.robots_attempts or '0'}) do out[#out + 1] = v end
+      else
+        local e = redis.call('LPOP', q)
+        local id = new_lease(o, e, now + lease, worker)
+        for _, v in ipairs({'u', id, o, e, h.robots_ver or '0'}) do out[#out + 1] = v end
+      end
+      claimed = claimed + 1
+      rescore(o, h, now)
+    end
+  end
+end
+local wait = nil
+for _, key in ipairs({K_HOSTS, K_DELAYED, K_LEASES}) do
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if first[2] then
+    local w = tonumber(first[2]) - now
+    if wait == nil or w < wait then wait = w end
+  end
+end
+local head = {
+  wait and fmt(math.max(wait, 0)) or '',
+  redis.call('HGET', K_STATS, 'pending') or '0',
+  redis.call('HGET', K_META, 'scopever') or '0',
+  fmt(now),
+}
+for _, v in ipairs(out) do head[#head + 1] = v end
+notify()
+return head
+"""
+
+# Apply a batch of outcomes (JSON list of ops); return one code per op.
+_SETTLE = """
+local ops = cjson.decode(ARGV[2])
+local worker = ARGV[3]
+local now = clock()
+local codes = {}
+for i, op in ipairs(ops) do
+  local o, k = op.o, op.k
+  local code = 0
+  local held = op.l and redis.call('HEXISTS', K_LEASED, op.l) == 1
+  if k == 'done' then
+    if not held and op.e and op.e ~= '' and redis.call('LREM', P..'q:'..o, 1, op.e) == 1 then
+      held = true  -- the expired lease was requeued but not claimed again: still ours
+    elseif held then
+      drop_lease(op.l, o)
+    end
+    if held then
+      local h = load(o)
+      pause(o, h, op.pause, now)
+      health(o, h, op.health, op.started, now)
+      count(h, o, op)
+      admit_all(op, now)
+      if op.res then redis.call('XADD', K_RESULTS, '*', 'page', op.res, 'worker', worker) end
+      redis.call('HINCRBY', K_STATS, 'pending', -1)
+      rescore(o, h, now)
+      code = 1
+    end
+  elseif k == 'hop' then
+    if held then
+      local h = load(o)
+      pause(o, h, op.pause, now)
+      health(o, h, op.health, op.started, now)
+      if admit_all(op, now) == 1 then
+        drop_lease(op.l, o)
+        redis.call('HINCRBY', K_STATS, 'redirects', 1)
+        redis.call('HINCRBY', K_STATS, 'pending', -1)
+        count(h, o, op)
+        rescore(o, h, now)
+        code = 1
+      else
+        code = 2
+      end
+    end
+  elseif k == 'retry' then
+    if held then
+      drop_lease(op.l, o)
+      local h = load(o)
+      pause(o, h, op.pause, now)
+      health(o, h, op.health, op.started, now)
+      if op.delay then
+        redis.call('ZADD', K_DELAYED, fmt(now + op.delay), o..'\\t'..op.ne)
+      else
+        redis.call('LPUSH', P..'q:'..o, op.ne)
+      end
+      redis.call('HINCRBY', K_STATS, 'retries', 1)
+      rescore(o, h, now)
+      code = 1
+    end
+  elseif k == 'robots' then
+    if held then drop_lease(op.l, o) end
+    local h = load(o)
+    if op.retry then
+      put(o, h, 'robots', 'unknown')
+      put(o, h, 'robots_retry', fmt(now + op.retry))
+      put(o, h, 'robots_attempts', tostring(num(h, 'robots_attempts') + 1))
+    else
+      redis.call('HSET', P..'robots:'..o, 'status', op.status, 'body', op.body)
+      put(o, h, 'robots', 'done')
+      put(o, h, 'robots_expires', fmt(now + op.ttl))
+      put(o, h, 'robots_attempts', '0')
+      put(o, h, 'robots_delay', fmt(op.interval))
+      put(o, h, 'robots_ver', tostring(num(h, 'robots_ver') + 1))
+      apply_limits(o, h, now)
+      admit_all(op, now)
+    end
+    rescore(o, h, now)
+    if held then code = 1 end
+  elseif k == 'release' then
+    if held then
+      local _, lo, e = split(redis.call('HGET', K_LEASED, op.l))
+      drop_lease(op.l, lo)
+      local h = load(lo)
+      if e ~= '' then
+        redis.call('LPUSH', P..'q:'..lo, e)
+      elseif h.robots == 'fetching' then
+        put(lo, h, 'robots', 'unknown')
+      end
+      rescore(lo, h, now)
+      code = 1
+    end
+  end
+  codes[i] = tostring(code)
+end
+notify()
+return codes
+"""
+
+# Extend leases (JSON list of ids); return the ids that were lost. Also a heartbeat.
+_RENEW = """
+local ids = cjson.decode(ARGV[2])
+local lease, worker = tonumber(ARGV[3]), ARGV[4]
+local now = clock()
+local expires = fmt(now + lease)
+local lost = {}
+for _, id in ipairs(ids) do
+  local v = redis.call('HGET', K_LEASED, id)
+  if v then
+    local _, o, e = split(v)
+    redis.call('ZADD', K_LEASES, 'XX', expires, id)
+    redis.call('ZADD', P..'t:'..o, 'XX', expires, id)
+    if e == '' and redis.call('HGET', P..'h:'..o, 'robots') == 'fetching' then
+      redis.call('HSET', P..'h:'..o, 'robots_until', expires)
+    end
+  else
+    lost[#lost + 1] = id
+  end
+end
+redis.call('HSET', K_WORKERS, worker, fmt(now))
+return lost
+"""
+
+# Join (or create) the crawl: the first worker's settings win; seeds widen the scope.
+_JOIN = """
+local spec = cjson.decode(ARGV[2])
+local worker = ARGV[3]
+local now = clock()
+redis.call('HSETNX', K_META, 'settings', spec.settings)
+for _, url in ipairs(spec.scope) do
+  if redis.call('SADD', K_SEEDS, url) == 1 then redis.call('HINCRBY', K_META, 'scopever', 1) end
+end
+local added = admit_all(spec, now)
+redis.call('HSET', K_WORKERS, worker, fmt(now))
+notify()
+return {redis.call('HGET', K_META, 'settings'), redis.call('HGET', K_META, 'scopever') or '0',
+  tostring(added), redis.call('HGET', K_STATS, 'pending') or '0'}
+"""
+
+_STATUS = """
+local limit = tonumber(ARGV[2])
+local now = clock()
+local hosts = {}
+for i, o in ipairs(redis.call('SORT', K_HOSTSET, 'ALPHA', 'LIMIT', 0, limit)) do
+  local f = redis.call('HMGET', P..'h:'..o, 'done', 'errors', 'bytes', 'disallowed',
+    'interval', 'backoff', 'nb', 'robots', 'per_host')
+  hosts[i] = {o, tostring(redis.call('LLEN', P..'q:'..o)),
+    tostring(redis.call('ZCARD', P..'t:'..o)), f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]}
+end
+return {fmt(now), redis.call('HGETALL', K_STATS), tostring(redis.call('SCARD', K_SEEN)),
+  tostring(redis.call('ZCARD', K_LEASES)), tostring(redis.call('ZCARD', K_DELAYED)),
+  redis.call('HGETALL', K_WORKERS), tostring(redis.call('SCARD', K_HOSTSET)), hosts,
+  redis.call('HGET', K_META, 'settings') or ''}
+"""
+
+
+def _script(body: str, **params: int) -> str:
+    prelude = _PRELUDE % {"floor": float(BACKOFF_FLOOR), "cap": float(BACKOFF_CAP)}
+    return prelude + (body % params if params else body)
+
+
+CLAIM_LUA = _script(
+    _CLAIM, recover=RECOVER_PER_CLAIM, promote=PROMOTE_PER_CLAIM, examine=EXAMINE_PER_CLAIM
+)
+SETTLE_LUA = _script(_SETTLE)
+RENEW_LUA = _script(_RENEW)
+JOIN_LUA = _script(_JOIN)
+STATUS_LUA = _script(_STATUS)
+
+
+# ---------------------------------------------------------------------------------------
+# Python side
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """One request handed to this worker: a URL (``kind="url"``) or the host's robots.txt
+    (``kind="robots"``). ``entry`` is the queued JSON exactly as stored."""
+
+    kind: Literal["url", "robots"]
+    lease: str
+    origin: str
+    entry: str
+    version: int
+    """robots.txt version of the host (url), or robots.txt attempts so far (robots)."""
+    claimed_at: float
+    """Crawl time (server clock since the crawl's epoch) of the claim."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimResult:
+    claims: tuple[Claim, ...]
+    wait: float | None
+    """Seconds until the earliest host, delayed retry or lease expiry is due (None: nothing
+    scheduled at all)."""
+    pending: int
+    """URLs queued, leased or delayed crawl-wide: 0 means the crawl is over."""
+    scope_version: int
+    now: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedHostStatus:
+    origin: str
+    queued: int
+    leased: int
+    done: int
+    errors: int
+    bytes: int
+    disallowed: int
+    rate: float
+    """Effective requests per second now (0.0 = unlimited)."""
+    backoff: float
+    paused_for: float
+    """Seconds until the host may be sent a request again after a Retry-After (0 = not paused)."""
+    robots: str
+    per_host: int
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SharedStatus:
+    """Crawl-wide progress of a shared crawl, read from Redis."""
+
+    crawl_id: str
+    pending: int
+    queued: int
+    leased: int
+    delayed: int
+    pages: int
+    errors: int
+    bytes: int
+    seen: int
+    admitted: int
+    disallowed: int
+    redirects: int
+    retries: int
+    recovered: int
+    """Leases that expired (a worker died or stalled) and were put back in the frontier."""
+    errors_by_kind: Mapping[str, int]
+    dropped: Mapping[str, int]
+    workers: Mapping[str, float]
+    """Worker id -> seconds since it was last heard from."""
+    host_count: int
+    hosts: Mapping[str, SharedHostStatus] = field(default_factory=dict)
+    settings: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def finished(self) -> bool:
+        return self.pending == 0 and self.admitted > 0
+
+
+@asynccontextmanager
+async def open_redis(url: str) -> AsyncIterator[RedisClient]:
+    """A connected coredis client for ``url``, closed on exit.
+
+    ``redis://``, ``rediss://`` and ``unix://`` URLs name one server;
+    ``redis+cluster://host:port`` (or ``rediss+cluster://``) names a Redis Cluster through
+    one of its nodes.
+    """
+    try:
+        import coredis
+    except ImportError:
+        raise SharedCrawlError(
+            "shared crawls need the coredis package: pip install 'crawler[redis]'"
+        ) from None
+    client: RedisClient
+    if url.startswith(("redis+cluster://", "rediss+cluster://")):
+        # Built from its parts: coredis's own RedisCluster.from_url warns (DeprecationWarning).
+        parts = urlsplit(url)
+        client = coredis.RedisCluster(
+            host=parts.hostname or "127.0.0.1",
+            port=parts.port or 6379,
+            username=unquote(parts.username) if parts.username else None,
+            password=unquote(parts.password) if parts.password else None,
+            ssl=parts.scheme.startswith("rediss"),
+            decode_responses=True,
+        )
+    else:
+        client = coredis.Redis.from_url(url, decode_responses=True)
+    raised: BaseException | None = None
+    async with client:
+        try:
+            yield client
+        except BaseException as exc:  # re-raised below: the client's task group would wrap it
+            raised = exc
+    if raised is not None:
+        raise raised
+
+
+@dataclass(slots=True, eq=False)
+class _Settling:
+    op: dict[str, Any]
+    code: int | None = None
+
+
+class RedisFrontier:
+    """One crawl's shared state in Redis, seen from one worker.
+
+    Every method is one round trip running one Lua script (so one atomic step); ``settle``
+    batches the outcomes that several tasks hand in at once into one call.
+    """
+
+    def __init__(
+        self,
+        client: RedisClient,
+        crawl_id: str,
+        *,
+        worker_id: str,
+        lease: float = DEFAULT_LEASE,
+    ) -> None:
+        if not (isinstance(lease, int | float) and math.isfinite(lease) and lease > 0):
+            raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
+        self.client = client
+        self.crawl_id = check_crawl_id(crawl_id)
+        self.worker_id = check_worker_id(worker_id)
+        self.prefix = crawl_prefix(crawl_id)
+        self.lease = float(lease)
+        self._claim = client.register_script(CLAIM_LUA)
+        self._settle = client.register_script(SETTLE_LUA)
+        self._renew = client.register_script(RENEW_LUA)
+        self._join = client.register_script(JOIN_LUA)
+        self._status = client.register_script(STATUS_LUA)
+        self._keys = [self.key("meta")]
+        self._settling: list[_Settling] = []
+        self._settle_lock = trio.Lock()
+
+    def key(self, name: str) -> str:
+        return self.prefix + name
+
+    async def _call(self, script: Any, *args: str | int | float) -> Any:
+        return await script(self._keys, [self.prefix, *args])
+
+    async def join(
+        self,
+        settings: Mapping[str, Any],
+        *,
+        scope: Sequence[str],
+        links: Sequence[Sequence[object]],
+        hosts: Sequence[Sequence[object]],
+        max_pages: int | None,
+        max_host_queue: int,
+    ) -> tuple[dict[str, Any], int, int, int]:
+        """Register the settings (the first worker's win), the seeds' scope and the seeds.
+
+        Returns (the crawl's settings, scope version, seeds newly queued, pending)."""
+        spec = {
+            "settings": json.dumps(settings, sort_keys=True),
+            "scope": list(scope),
+            "links": [list(link) for link in links],
+            "hosts": [list(host) for host in hosts],
+            "max": -1 if max_pages is None else max_pages,
+            "cap": max_host_queue,
+        }
+        raw = cast(list[str], await self._call(self._join, _dumps(spec), self.worker_id))
+        return json.loads(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
+
+    async def seeds(self) -> list[str]:
+        """Every seed URL given by any worker (the shared scope)."""
+        return sorted(await self.client.smembers(self.key("seeds")))
+
+    async def claim(self, n: int) -> ClaimResult:
+        """Take up to `n` requests from hosts that may be sent one now.
+
+        Shielded from cancellation (for at most SETTLE_TIMEOUT), like `settle`: a claim
+        whose answer were lost would leave its leases to expire unused."""
+        raw: list[str] | None = None
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + SETTLE_TIMEOUT
+            raw = cast(
+                list[str], await self._call(self._claim, n, repr(self.lease), self.worker_id)
+            )
+        if raw is None:
+            raise SharedCrawlError(f"Redis did not answer within {SETTLE_TIMEOUT:g} s")
+        wait = float(raw[0]) if raw[0] else None
+        claims = tuple(
+            Claim(
+                kind="url" if raw[i] == "u" else "robots",
+                lease=raw[i + 1],
+                origin=raw[i + 2],
+                entry=raw[i + 3],
+                version=int(raw[i + 4]),
+                claimed_at=float(raw[3]),
+            )
+            for i in range(4, len(raw), 5)
+        )
+        return ClaimResult(
+            claims=claims,
+            wait=wait,
+            pending=int(raw[1]),
+            scope_version=int(raw[2]),
+            now=float(raw[3]),
+        )
+
+    async def settle(self, op: dict[str, Any]) -> int:
+        """Apply one outcome (``done``, ``hop``, ``retry``, ``robots``, ``release``).
+
+        Returns 1 when applied, 0 when the lease was lost to another worker (the outcome
+        was not applied), 2 for a ``hop`` whose target was already seen (lease kept).
+        Outcomes handed in while a call is under way go together in the next call. The call
+        is a commit point: it is shielded from cancellation (for at most SETTLE_TIMEOUT).
+        """
+        return (await self.settle_many([op]))[0]
+
+    async def settle_many(self, ops: Sequence[dict[str, Any]]) -> list[int]:
+        """`settle` for several outcomes, applied in order in one atomic step."""
+        mine = [_Settling(op) for op in ops]
+        self._settling.extend(mine)
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + SETTLE_TIMEOUT
+            async with self._settle_lock:
+                if any(s.code is None for s in mine) and self._settling:
+                    batch, self._settling = self._settling, []
+                    payload = _dumps([s.op for s in batch])
+                    codes = cast(list[str], await self._call(self._settle, payload, self.worker_id))
+                    for each, code in zip(batch, codes, strict=True):
+                        each.code = int(code)
+        codes_out: list[int] = []
+        for each in mine:
+            if each.code is None:
+                self._settling = [s for s in self._settling if s not in mine]
+                raise SharedCrawlError(f"Redis did not answer within {SETTLE_TIMEOUT:g} s")
+            codes_out.append(each.code)
+        return codes_out
+
+    async def renew(self, leases: Sequence[str]) -> list[str]:
+        """Extend these leases by the lease time; return the ones that were lost."""
+        raw = await self._call(self._renew, _dumps(list(leases)), repr(self.lease), self.worker_id)
+        return list(cast(list[str], raw))
+
+    async def robots(self, origin: str) -> tuple[int | None, bytes] | None:
+        """robots.txt of `origin` as stored by whoever fetched it: (HTTP status or None for a
+        network failure, body), or None when nobody has stored it yet."""
+        status, body = await self.client.hmget(self.key(f"robots:{origin}"), ["status", "body"])
+        if status is None:
+            return None
+        return (int(status) if status else None), (body or "").encode("utf-8")
+
+    async def status(self, *, host_limit: int = 1000) -> SharedStatus:
+        """Crawl-wide progress, with at most `host_limit` hosts (alphabetical)."""
+        raw = cast(list[Any], await self._call(self._status, host_limit))
+        now = float(raw[0])
+        stats = _pairs(raw[1])
+        workers = _pairs(raw[5])
+        hosts: dict[str, SharedHostStatus] = {}
+        queued = 0
+        for row in raw[7]:
+            origin, q, leased, done, errors, size, dis, interval, backoff, nb, robots, per = row
+            interval_f = float(interval or 0)
+            host = SharedHostStatus(
+                origin=origin,
+                queued=int(q),
+                leased=int(leased),
+                done=int(done or 0),
+                errors=int(errors or 0),
+                bytes=int(size or 0),
+                disallowed=int(dis or 0),
+                rate=1.0 / interval_f if interval_f > 0 else 0.0,
+                backoff=float(backoff or 0),
+                paused_for=max(0.0, float(nb or 0) - now),
+                robots=str(robots or ""),
+                per_host=int(per or 0),
+            )
+            hosts[origin] = host
+            queued += host.queued
+        count = int(raw[6])
+        if count > len(hosts):
+            queued = sum(
+                [await self.client.llen(self.key(f"q:{o}")) for o in await self._origins()]
+            )
+        return SharedStatus(
+            crawl_id=self.crawl_id,
+            pending=int(stats.get("pending", 0)),
+            queued=queued,
+            leased=int(raw[3]),
+            delayed=int(raw[4]),
+            pages=int(stats.get("pages", 0)),
+            errors=int(stats.get("errors", 0)),
+            bytes=int(stats.get("bytes", 0)),
+            seen=int(raw[2]),
+            admitted=int(stats.get("admitted", 0)),
+            disallowed=int(stats.get("disallowed", 0)),
+            redirects=int(stats.get("redirects", 0)),
+            retries=int(stats.get("retries", 0)),
+            recovered=int(stats.get("recovered", 0)),
+            errors_by_kind={
+                k.removeprefix("err:"): int(v) for k, v in stats.items() if k.startswith("err:")
+            },
+            dropped={
+                k.removeprefix("drop:"): int(v) for k, v in stats.items() if k.startswith("drop:")
+            },
+            workers={w: max(0.0, now - float(t)) for w, t in workers.items()},
+            host_count=count,
+            hosts=hosts,
+            settings=json.loads(raw[8]) if raw[8] else {},
+        )
+
+    async def _origins(self) -> list[str]:
+        return sorted(await self.client.smembers(self.key("hostset")))
+
+    async def delete(self) -> int:
+        """Delete every key of this crawl; return how many there were."""
+        keys = [key async for key in self.client.scan_iter(match=_glob_escape(self.prefix) + "*")]
+        deleted = 0
+        for start in range(0, len(keys), 500):
+            deleted += await self.client.delete(keys[start : start + 500])
+        return deleted
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    return {flat[i]: flat[i + 1] for i in range(0, len(flat), 2)}
+
+
+def _dumps(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def _glob_escape(text: str) -> str:
+    return re.sub(r"([*?\[\]\\])", r"\\\1", text)
+
+
+def format_status(status: SharedStatus, *, hosts: int = 20) -> str:
+    """A plain-text report of a shared crawl's progress (the `--status` output)."""
+    state = "finished" if status.finished else ("empty" if status.admitted == 0 else "running")
+    lines = [
+        f"crawl {status.crawl_id}: {state}",
+        f"  queued {status.queued}  leased (in flight) {status.leased}  delayed {status.delayed}"
+        f"  pending {status.pending}",
+        f"  pages {status.pages}  done {status.pages - status.errors}  errors {status.errors}"
+        f"  bytes {status.bytes}  seen {status.seen}",
+        f"  disallowed {status.disallowed}  redirects {status.redirects}"
+        f"  retries {status.retries}  recovered leases {status.recovered}",
+    ]
+    if status.errors_by_kind:
+        kinds = ", ".join(f"{k} {v}" for k, v in sorted(status.errors_by_kind.items()))
+        lines.append(f"  errors by kind: {kinds}")
+    if status.dropped:
+        dropped = ", ".join(f"{k} {v}" for k, v in sorted(status.dropped.items()))
+        lines.append(f"  dropped: {dropped}")
+    if status.workers:
+        lines.append("  workers (seconds since last heard from):")
+        for worker, age in sorted(status.workers.items()):
+            lines.append(f"    {worker}  {age:.1f}")
+    lines.append(f"  hosts: {status.host_count}")
+    shown = sorted(status.hosts.values(), key=lambda h: (-h.queued - h.leased, h.origin))
+    for host in shown[:hosts]:
+        rate = f"{host.rate:g}/s" if host.rate else "unlimited"
+        extra = f"  paused {host.paused_for:.1f}s" if host.paused_for > 0 else ""
+        extra += f"  backoff {host.backoff:g}s" if host.backoff else ""
+        lines.append(
+            f"    {host.origin}  queued {host.queued}  leased {host.leased}/{host.per_host}"
+            f"  done {host.done}  errors {host.errors}  rate {rate}  robots {host.robots}{extra}"
+        )
+    if len(shown) > hosts:
+        lines.append(f"    ... {len(shown) - hosts} more")
+    return "\n".join(lines)
