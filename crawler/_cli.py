@@ -4,6 +4,10 @@ Settings are merged as CrawlConfig defaults < ``--config FILE.toml`` < flags.
 Exit status: 0 when the crawl ran (failed pages are in the output with their
 error), 1 on a fatal runtime error (an output that cannot be written), 2 on a
 usage error, 130 / 143 when stopped by SIGINT / SIGTERM.
+
+With ``--state DIR`` the crawl is durable (see ``crawler._state``): running the
+same command again continues it, after cutting the outputs back to what the
+state committed; ``--status`` reports on it without crawling.
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ import threading
 import time
 import tomllib
 from collections import deque
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TextIO
 
@@ -34,6 +38,15 @@ from ._config import CrawlConfig, MiB
 from ._engine import Crawl, open_crawl
 from ._output import JsonLinesWriter, OutputError, WarcWriter
 from ._page import Page, Statistics
+from ._state import (
+    Snapshot,
+    StateError,
+    StateMismatch,
+    StateStore,
+    lock_holder,
+    read_snapshot,
+    reset_state,
+)
 from ._version import __version__
 
 __all__ = ["EXIT_FATAL", "EXIT_OK", "EXIT_USAGE", "Options", "build_config", "main", "parse_args"]
@@ -99,6 +112,15 @@ def _number(text: str) -> float:
     return value
 
 
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
+    return host, int(port)
+
+
 def _show(name: str) -> str:
     """A CrawlConfig default as --help shows it."""
     value = _DEFAULTS[name]
@@ -122,9 +144,14 @@ A config file takes the CrawlConfig keys, e.g.:
   rate = 5
   per_host = 4
 
+with --state DIR, running the same command again resumes the crawl (after Ctrl-C
+or a crash): outputs are cut back to the last commit and appended to, so each
+page is in them exactly once. --status reports on the stored crawl.
+
 exit status: 0 the crawl ran (failed pages are in the output with their error),
-1 fatal runtime error (e.g. an output that cannot be written), 2 usage error,
-130 / 143 stopped by SIGINT / SIGTERM (outputs are complete and closed).
+1 fatal runtime error (e.g. an output that cannot be written), 2 usage error
+(including a --state DIR that holds a different crawl), 130 / 143 stopped by
+SIGINT / SIGTERM (outputs are complete and closed).
 
 {PROG} {__version__}"""
 
@@ -253,7 +280,25 @@ def _build_parser() -> argparse.ArgumentParser:
         "--state",
         metavar="DIR",
         type=Path,
-        help="keep the crawl's state in DIR, to resume it later (default: none)",
+        help="keep the crawl's state (frontier, seen URLs, politeness, statistics) in DIR; "
+        "the same command run again resumes it (default: none)",
+    )
+    run.add_argument(
+        "--state-reset",
+        action="store_true",
+        help="with --state: forget the stored crawl and start over, truncating the outputs",
+    )
+    run.add_argument(
+        "--status",
+        action="store_true",
+        help="with --state: print the stored crawl's progress and exit, crawling nothing",
+    )
+    run.add_argument(
+        "--metrics",
+        metavar="HOST:PORT",
+        type=_host_port,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics while crawling "
+        "(port 0: any free port; default: off)",
     )
     run.add_argument(
         "--config",
@@ -312,6 +357,8 @@ class Options:
     verbose: bool = False
     log_format: Literal["logfmt", "json"] = "logfmt"
     config_file: str | None = None
+    state_reset: bool = False
+    metrics: tuple[str, int] | None = None
 
 
 def _load_config_file(path: str) -> dict[str, Any]:
@@ -350,7 +397,12 @@ def _relabel(message: str, origins: Mapping[str, str], config_file: str | None) 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     """Parse a command line into Options; raise UsageError with a one-line message."""
-    args = _build_parser().parse_args(argv)
+    return _options(_build_parser().parse_args(argv))
+
+
+def _options(args: argparse.Namespace) -> Options:
+    if args.state_reset and args.state is None:
+        raise UsageError("--state-reset needs --state DIR")
     data: dict[str, Any] = {}
     origins: dict[str, str] = {}
     if args.config is not None:
@@ -381,6 +433,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
         verbose=args.verbose,
         log_format=args.log_format,
         config_file=args.config,
+        state_reset=args.state_reset,
+        metrics=args.metrics,
     )
 
 
@@ -625,9 +679,13 @@ class _Run:
         self.signal: int | None = None
         self.hard_stop = False
         self.stop_how = "graceful stop"
-        self.fatal: OutputError | None = None
+        self.fatal: str | None = None
+        self.usage: str | None = None
+        """A usage error found once running (a state that is another crawl's): exit 2."""
         self.work_scope = trio.CancelScope()
         self.outputs: list[tuple[str, str]] = []
+        self.names = _output_names(options)
+        """Output files by role ("jsonl", "warc"), as a state names them."""
 
     def _say(self, message: str) -> None:
         if not self.options.quiet:
@@ -646,6 +704,9 @@ class _Run:
                 print_summary(
                     self.stats, file=sys.stderr, outputs=self.outputs, stopped_by=stopped_by
                 )
+            if self.usage is not None:
+                print(f"{PROG}: error: {self.usage}", file=sys.stderr, flush=True)
+                return EXIT_USAGE
             if self.fatal is not None:
                 print(f"{PROG}: error: {self.fatal}", file=sys.stderr, flush=True)
                 return EXIT_FATAL
@@ -658,34 +719,73 @@ class _Run:
         jsonl: JsonLinesWriter | None = None
         warc: WarcWriter | None = None
         try:
-            async with contextlib.AsyncExitStack() as stack:
-                with self.work_scope:
-                    jsonl = await stack.enter_async_context(JsonLinesWriter(options.output))
-                    if options.warc is not None:
-                        warc = WarcWriter(options.warc, config=self.config)
-                        await stack.enter_async_context(warc)
-                    log.info(
-                        "crawl started",
-                        extra={"seeds": " ".join(self.config.seeds), "output": options.output},
-                    )
-                    async with open_crawl(self.config) as crawl:
-                        self.crawl = crawl
-                        if self.signal is not None:
-                            crawl.stop(graceful=not self.hard_stop)
-                        if self._wants_progress():
-                            nursery.start_soon(self._show_progress, crawl)
-                        try:
-                            await self._consume(crawl, jsonl, warc)
-                        finally:
-                            self.stats = crawl.statistics()
+            try:
+                async with contextlib.AsyncExitStack() as stack:
+                    with self.work_scope:
+                        store: StateStore | None = None
+                        offsets: Mapping[str, int] = {}
+                        if self.config.state is not None:
+                            opened = await self._open_state()
+                            if opened is None:
+                                return
+                            store, offsets = opened
+                            # Closed by the crawl; here in case the outputs fail to open.
+                            stack.push_async_callback(store.aclose)
+                        jsonl = JsonLinesWriter(
+                            options.output, resume_at=offsets.get(self.names.get("jsonl", ""))
+                        )
+                        await stack.enter_async_context(jsonl)
+                        if options.warc is not None:
+                            warc = WarcWriter(
+                                options.warc,
+                                config=self.config,
+                                resume_at=offsets.get(self.names["warc"]),
+                            )
+                            await stack.enter_async_context(warc)
+                        log.info(
+                            "crawl started",
+                            extra={
+                                "seeds": " ".join(self.config.seeds),
+                                "output": options.output,
+                            },
+                        )
+                        async with open_crawl(self.config, store=store) as crawl:
+                            self.crawl = crawl
+                            if self.signal is not None:
+                                crawl.stop(graceful=not self.hard_stop)
+                            if options.metrics is not None and not await self._serve_metrics(
+                                nursery, crawl, *options.metrics
+                            ):
+                                crawl.stop(graceful=False)
+                                return
+                            if self._wants_progress():
+                                nursery.start_soon(self._show_progress, crawl)
+                            try:
+                                await self._consume(crawl, jsonl, warc)
+                            finally:
+                                self.stats = crawl.statistics()
+            except* StateError as group:
+                self.fatal = str(_first_leaf(group))
         except OutputError as exc:
-            self.fatal = exc
+            self.fatal = str(exc)
+        except BaseExceptionGroup as group:
+            # An OutputError alongside a StateError: report the output's.
+            output_errors, rest = group.split(OutputError)
+            if output_errors is None:
+                raise
+            self.fatal = str(_first_leaf(output_errors))
+            if rest is not None:
+                raise rest from None
         finally:
             if jsonl is not None:
                 target = "stdout" if jsonl.path == "-" else jsonl.path
                 self.outputs.append(("pages written", f"{jsonl.lines:,} to {target}"))
             if warc is not None:
                 self.outputs.append(("WARC records", f"{warc.records:,} to {warc.path}"))
+            if self.config.state is not None and self.stats is not None:
+                left = self.stats.queued + self.stats.in_flight
+                note = "complete" if not left else f"{left:,} to go: run again to resume"
+                self.outputs.append(("state", f"{self.config.state} ({note})"))
             if self.stats is not None:
                 s = self.stats
                 log.info(
@@ -693,6 +793,62 @@ class _Run:
                     extra={"pages": s.pages, "errors": s.errors, "bytes": s.bytes,
                            "elapsed": round(s.elapsed, 3)},
                 )  # fmt: skip
+
+    async def _open_state(self) -> tuple[StateStore, Mapping[str, int]] | None:
+        """Open the crawl's state (starting over with --state-reset); None on a usage error.
+
+        Returns the store (locked: no other crawl can use it, nor truncate our outputs)
+        and the offsets to cut each output back to."""
+        config = self.config
+        assert config.state is not None
+        if self.options.state_reset:
+            await trio.to_thread.run_sync(reset_state, config.state)
+        store = StateStore(config.state, config)
+        try:
+            snapshot = await store.open()
+        except StateMismatch as exc:
+            self.usage = str(exc)
+            return None
+        try:
+            offsets = self._resume_offsets(snapshot)
+        except UsageError as exc:
+            await store.aclose()
+            self.usage = str(exc)
+            return None
+        if snapshot.totals.pages:
+            self._say(
+                f"resuming the crawl in {config.state}: {snapshot.totals.pages:,} pages done, "
+                f"{snapshot.queued:,} queued"
+            )
+        return store, offsets
+
+    def _resume_offsets(self, snapshot: Snapshot) -> Mapping[str, int]:
+        """Where each output file continues: the state's committed offsets."""
+        names = set(self.names.values())
+        stored = dict(snapshot.outputs)
+        if not stored and not snapshot.totals.pages:
+            return dict.fromkeys(names, 0)  # nothing committed: the files start over
+        if set(stored) != names:
+            before = _describe_outputs(stored) or "standard output only"
+            now = _describe_outputs(names) or "standard output only"
+            raise UsageError(
+                f"{snapshot.path} holds a crawl written to {before}, not {now}: resume it "
+                "with the same -o / --warc, or start over with --state-reset"
+            )
+        return stored
+
+    async def _serve_metrics(
+        self, nursery: trio.Nursery, crawl: Crawl, host: str, port: int
+    ) -> bool:
+        from ._metrics import serve_metrics
+
+        try:
+            bound = await nursery.start(serve_metrics, crawl, host, port)
+        except OSError as exc:
+            self.fatal = f"cannot serve metrics on {_join_host_port(host, port)}: {_why(exc)}"
+            return False
+        self._say(f"metrics at http://{_join_host_port(host, bound)}/metrics")
+        return True
 
     def _wants_progress(self) -> bool:
         """A live display on stderr, unless -q, stderr is no terminal, or pages go to it."""
@@ -702,15 +858,27 @@ class _Run:
 
     async def _consume(self, crawl: Crawl, jsonl: JsonLinesWriter, warc: WarcWriter | None) -> None:
         verbose = log.isEnabledFor(logging.INFO)
+        durable = self.config.state is not None
+        jsonl_name = self.names.get("jsonl")
+        warc_name = self.names.get("warc")
         async for page in crawl:
             try:
                 await jsonl.write(page)
                 if warc is not None:
                     await warc.write(page)
             except OutputError as exc:
-                self.fatal = exc
+                self.fatal = str(exc)
                 crawl.stop(graceful=False)
                 return
+            if durable:
+                # Written out (handed to the OS): the page is done, and the outputs
+                # end here; both go into the state in one transaction.
+                outputs: dict[str, int] = {}
+                if jsonl_name is not None:
+                    outputs[jsonl_name] = jsonl.position
+                if warc_name is not None and warc is not None:
+                    outputs[warc_name] = warc.position
+                crawl.mark_done(page, outputs=outputs)
             if verbose:
                 _log_page(page)
 
@@ -768,6 +936,131 @@ class _Run:
             while True:
                 await trio.sleep(PROGRESS_INTERVAL)
                 live.update(progress.render(crawl.statistics()), refresh=True)
+
+
+def _output_names(options: Options) -> dict[str, str]:
+    """The output files of a run, as a state records them: role -> "role:/absolute/path"."""
+    names: dict[str, str] = {}
+    if options.output != "-":
+        names["jsonl"] = f"jsonl:{os.path.abspath(options.output)}"
+    if options.warc is not None:
+        names["warc"] = f"warc:{os.path.abspath(options.warc)}"
+    return names
+
+
+def _describe_outputs(names: Iterable[str]) -> str:
+    flags = {"jsonl": "-o", "warc": "--warc"}
+    described = []
+    for name in sorted(names):
+        role, _, path = name.partition(":")
+        described.append(f"{flags.get(role, role)} {path}")
+    return " ".join(described)
+
+
+def _join_host_port(host: str, port: int) -> str:
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc) or type(exc).__name__
+
+
+def _first_leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup):
+        exc = exc.exceptions[0]
+    return exc
+
+
+# ---------------------------------------------------------------------------
+# --status
+
+
+def _print_status(directory: Path, file: TextIO) -> int:
+    try:
+        snapshot = read_snapshot(directory)
+        holder = lock_holder(directory)
+    except StateError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    if snapshot is None:
+        print(f"{PROG}: error: no crawl state in {directory}", file=sys.stderr)
+        return EXIT_USAGE
+    totals = snapshot.totals
+    queued = snapshot.queued
+    if holder is not None:
+        status = f"running (pid {holder})"
+    elif queued:
+        status = f"stopped, {queued:,} URLs to go (run the same crawl command to resume)"
+    elif totals.pages:
+        status = "complete"
+    else:
+        status = "not started"
+    fp = snapshot.fingerprint or {}
+    lines = [
+        f"state: {directory}",
+        f"status: {status}",
+        f"seeds: {' '.join(fp.get('seeds', []))}",
+    ]
+    scope = [f"scope {fp.get('scope', '?')}"]
+    for key in ("include", "exclude"):
+        if fp.get(key):
+            scope.append(f"{key} {' '.join(fp[key])}")
+    if fp.get("max_depth") is not None:
+        scope.append(f"max_depth {fp['max_depth']}")
+    ok = totals.pages - totals.errors
+    lines += [
+        f"crawl: {', '.join(scope)}",
+        f"runs: {totals.runs:,}",
+        f"pages done: {totals.pages:,} ({ok:,} ok, {totals.errors:,} with errors)",
+        f"queued: {queued:,}",
+        f"seen URLs: {snapshot.seen:,}",
+    ]
+    if totals.errors_by_kind:
+        kinds = sorted(totals.errors_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
+        lines.append("errors by kind: " + ", ".join(f"{k} {n:,}" for k, n in kinds))
+    else:
+        lines.append("errors by kind: none")
+    lines += [
+        f"robots.txt disallowed: {totals.disallowed:,}",
+        f"redirects: {totals.redirects:,}",
+        f"bytes: {_human_bytes(totals.bytes)} ({totals.bytes:,})",
+        f"elapsed: {_human_seconds(totals.elapsed)}",
+    ]
+    for name, offset in sorted(snapshot.outputs.items()):
+        role, _, path = name.partition(":")
+        lines.append(f"output {role}: {path} ({offset:,} bytes committed)")
+    lines.append(f"hosts: {len(snapshot.hosts):,}")
+    if snapshot.hosts:
+        now = time.time()
+        rows = [("origin", "done", "errors", "queued", "bytes", "politeness")]
+        for host in sorted(snapshot.hosts, key=lambda h: (-(h.done + h.errors), h.origin)):
+            notes = []
+            if host.paused_until > now:
+                notes.append(f"Retry-After pause {host.paused_until - now:.0f} s")
+            if host.backoff:
+                notes.append(f"backoff {host.backoff:g} s")
+            if host.disallowed:
+                notes.append(f"{host.disallowed:,} disallowed")
+            rows.append(
+                (
+                    host.origin,
+                    f"{host.done:,}",
+                    f"{host.errors:,}",
+                    f"{host.queued:,}",
+                    _human_bytes(host.bytes),
+                    "; ".join(notes) or "-",
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(5)]
+        for row in rows:
+            numbers = zip(row[1:5], widths[1:], strict=True)
+            cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in numbers]
+            lines.append("  " + "  ".join([*cells, row[5]]).rstrip())
+    file.write("\n".join(lines) + "\n")
+    file.flush()
+    return EXIT_OK
 
 
 def _log_page(page: Page) -> None:
@@ -829,7 +1122,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _main(argv: Sequence[str] | None) -> int:
     try:
-        options = parse_args(argv)
+        args = _build_parser().parse_args(argv)
+        if args.status:
+            state = args.state
+            if state is None and args.config is not None:
+                state = _load_config_file(args.config).get("state")
+            if state is None:
+                raise UsageError("--status needs --state DIR")
+            return _print_status(Path(state), sys.stdout)
+        options = _options(args)
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

@@ -13,8 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import inspect
 import random
+import sys
+import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
 import httpx
@@ -33,18 +35,43 @@ from ._retry import (
 )
 from ._robots import ROBOTS_MAX_BYTES, Robots, RobotsStatus, robots_from_response
 from ._sitemaps import parse_sitemap
+from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
 from ._urls import normalize_url, origin_of
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 ROBOTS_REDIRECTS = 5
 TRANSPORT_CLOSE_TIMEOUT = 5.0
+# With a durable state (CrawlConfig.state):
+QUEUE_WINDOW = 1000
+"""Most requests a host's in-memory queue is refilled to from the database."""
+REFILL_AT = QUEUE_WINDOW // 2
+"""Refill a host's queue when it holds fewer requests than this."""
+SEEN_CACHE = 65_536
+"""URLs per generation of the in-memory seen cache (it holds up to twice that)."""
+COMMIT_LINGER = 0.05
+"""Seconds a commit waits for more to put in its batch, unless a host runs dry."""
+COMMIT_BATCH = 512
+"""Commit at once when this many settled URLs are waiting (a link weighs 1/40)."""
+MAX_UNCOMMITTED = 4 * COMMIT_BATCH
+"""The consumer waits for a commit when this many settled URLs are waiting (a link
+weighs 1/40: a batch holds at most about 80,000 links, on top of the one committing)."""
+LINK_WEIGHT = 40
 
 
 class Crawl:
     """A running crawl: iterate it for pages; ask it for statistics; stop it."""
 
-    def __init__(self, config: CrawlConfig, transport: httpx.AsyncBaseTransport | None) -> None:
+    def __init__(
+        self,
+        config: CrawlConfig,
+        transport: httpx.AsyncBaseTransport | None,
+        *,
+        store: StateStore | None = None,
+    ) -> None:
         self.config = config
+        if store is None and config.state is not None:
+            store = StateStore(config.state, config)
+        self._store = store
         self._owns_transport = transport is None
         self._transport = transport if transport is not None else _default_transport(config)
         self._fetcher = Fetcher(
@@ -55,7 +82,7 @@ class Crawl:
             keep_exchanges=config.keep_exchanges,
             prepare=config.prepare,
         )
-        self._frontier = Frontier(config)
+        self._frontier = Frontier(config, seen_cache=SEEN_CACHE if store is not None else None)
         self._global = trio.CapacityLimiter(config.concurrency)
         self._requests_send, self._requests_recv = trio.open_memory_channel[Request](0)
         self._results_send, self._results_recv = trio.open_memory_channel[Page](
@@ -78,6 +105,25 @@ class Crawl:
         self._bytes = 0
         self._disallowed = 0
         self._errors_by_kind: Counter[str] = Counter()
+        # Durable state only: see _run_state and _commit_loop.
+        self._batch = Batch()
+        self._batch_links = 0
+        self._batch_ready = trio.Event()
+        self._commit_now = trio.Event()
+        self._committed = trio.Event()
+        self._committing = False
+        self._state_failed = False
+        self._live = 0
+        """Requests loaded from the database and not committed (or forgotten) yet."""
+        self._backlog = 0
+        """Queued URLs in the database not loaded into memory (sum of Host.backlog)."""
+        self._handed: dict[int, tuple[Page, Done]] = {}
+        self._last_handed: Page | None = None
+        self._dirty_hosts: set[Host] = set()
+        self._dropped_committed: Counter[str] = Counter()
+        self._seen_total = 0
+        self._elapsed_before = 0.0
+        self._elapsed_mark = 0.0
 
     # -- the consumer's side ---------------------------------------------------------
 
@@ -85,18 +131,60 @@ class Crawl:
         return self
 
     async def __anext__(self) -> Page:
+        if self._store is not None:
+            # Asking for the next page says the last one is dealt with.
+            if self._last_handed is not None:
+                self.mark_done(self._last_handed)
+            while self._uncommitted() >= MAX_UNCOMMITTED and not self._state_failed:
+                await self._committed.wait()
         try:
-            return await self._results_recv.receive()
+            page = await self._results_recv.receive()
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+        if self._store is not None:
+            self._last_handed = page
+        return page
+
+    def mark_done(self, page: Page, *, outputs: Mapping[str, int] | None = None) -> None:
+        """With a durable state: record that `page` is dealt with (written out), so a
+        resumed crawl does not deliver it again. It is committed with the links it found,
+        in the next batch; `outputs` (output name -> byte offset just after this page's
+        output) are stored in that same transaction.
+
+        Without it, a page counts as dealt with when the consumer asks for the next
+        one. Does nothing without a durable state."""
+        if self._store is None:
+            return
+        entry = self._handed.pop(id(page), None)
+        if entry is None:
+            return
+        if entry[0] is not page:  # pragma: no cover - an id reused by another object
+            self._handed[id(page)] = entry
+            return
+        if self._last_handed is page:
+            self._last_handed = None
+        self._batch.done.append(entry[1])
+        if outputs:
+            self._batch.outputs.update(outputs)
+        self._batch_ready.set()
+        if self._uncommitted() >= COMMIT_BATCH:
+            self._commit_now.set()
+
+    def _uncommitted(self) -> int:
+        """How full the next batch is, in settled URLs (a link weighs 1/LINK_WEIGHT)."""
+        batch = self._batch
+        return len(batch.done) + len(batch.disallowed) + self._batch_links // LINK_WEIGHT
 
     def stop(self, *, graceful: bool = True) -> None:
         """Schedule nothing new. Graceful: in-flight requests finish and their pages are
         delivered, then iteration ends. Not graceful: in-flight requests are cancelled now."""
         self._stopping = True
         for host in self._frontier:
-            self._pending -= len(host.queue)
-            host.queue.clear()
+            if self._store is not None:
+                self._stop_queue(host)
+            else:
+                self._pending -= len(host.queue)
+                host.queue.clear()
         if self._dispatch is not None:
             self._dispatch.cancel_scope.cancel()
         if not graceful and self._workers_scope is not None:
@@ -107,7 +195,9 @@ class Crawl:
 
         `priority > 0` puts it at the front of its host's queue. `seed=True` also widens
         the scope to its host (or domain), as a seed given at start would. Returns whether
-        it was queued (False if seen before, out of scope, filtered, or the crawl stops)."""
+        it was queued (False if seen before, out of scope, filtered, or the crawl stops).
+        With a durable state the database has the last word on "seen before": True
+        then means it was passed on to be queued if new."""
         if seed:
             self._frontier.scope.add_seed(url)
         return self._add(url, depth, front=priority > 0)
@@ -156,7 +246,7 @@ class Crawl:
         hosts = {
             host.origin: HostStatistics(
                 origin=host.origin,
-                queued=len(host.queue) + host.staged + host.waiting,
+                queued=len(host.queue) + host.staged + host.waiting + host.backlog,
                 in_flight=host.in_flight,
                 done=host.done,
                 errors=host.errors,
@@ -171,12 +261,13 @@ class Crawl:
             )
             for host in self._frontier
         }
+        elapsed = end - self._started if self._started is not None else 0.0
         return Statistics(
             pages=self._pages,
             errors=self._errors,
             bytes=self._bytes,
-            elapsed=end - self._started if self._started is not None else 0.0,
-            seen=len(self._frontier.seen),
+            elapsed=self._elapsed_before + elapsed,
+            seen=self._seen_total if self._store is not None else len(self._frontier.seen),
             queued=sum(h.queued for h in hosts.values()),
             in_flight=sum(h.in_flight for h in hosts.values()),
             disallowed=self._disallowed,
@@ -198,14 +289,19 @@ class Crawl:
                 self._workers = workers
                 for _ in range(self.config.concurrency):
                     self._start_worker(workers)
-                async with self._requests_send, trio.open_nursery() as dispatch:
-                    self._dispatch = dispatch
-                    for seed in self.config.seeds:
-                        self._add(seed, 0)
-                    self._check_finished()
-                    task_status.started()
-                    await self._finished.wait()
-                    dispatch.cancel_scope.cancel()
+                try:
+                    async with self._requests_send, trio.open_nursery() as dispatch:
+                        self._dispatch = dispatch
+                        for seed in self.config.seeds:
+                            self._add(seed, 0)
+                        for host in self._frontier:
+                            self._maybe_refill(host)
+                        self._check_finished()
+                        task_status.started()
+                        await self._finished.wait()
+                        dispatch.cancel_scope.cancel()
+                finally:
+                    self._dispatch = None
         finally:
             self._ended = trio.current_time()
             self._requests_recv.close()
@@ -218,12 +314,32 @@ class Crawl:
         self._worker_count += 1
         workers.start_soon(self._worker, self._requests_recv.clone())
 
-    def _add(self, url: str, depth: int, *, sitemap: bool = False, front: bool = False) -> bool:
-        if self._stopping:
+    def _add(
+        self,
+        url: str,
+        depth: int,
+        *,
+        sitemap: bool = False,
+        front: bool = False,
+        into: list[NewUrl] | None = None,
+    ) -> bool:
+        """Admit a URL. With a durable state it goes to the database (in the next
+        commit), not to a queue; `into` collects a page's links, which are passed on
+        even once the crawl stops (they must reach the state before the page is done)."""
+        if self._stopping and into is None:
             return False
         canonical = self._frontier.admit(url, depth)
         if canonical is None:
             return False
+        if self._store is not None:
+            new = NewUrl(canonical, sys.intern(origin_of(canonical)), depth, sitemap, front)
+            if into is not None:
+                into.append(new)
+            else:
+                self._batch.inserts.append(new)
+                self._batch_links += 1
+                self._batch_ready.set()
+            return True
         request = Request(
             url=canonical,
             depth=depth,
@@ -237,16 +353,17 @@ class Crawl:
 
     def _enqueue(self, request: Request, *, front: bool = False) -> None:
         if self._stopping:
-            self._done_with(request)
+            if self._store is not None:
+                self._unsent(request)
+            else:
+                self._done_with(request)
             return
         host = self._frontier.host_for(request.url)
         if front:
             host.queue.appendleft(request)
         else:
             host.queue.append(request)
-        if not host.running and self._dispatch is not None:
-            host.running = True
-            self._dispatch.start_soon(self._dispatch_host, host, name=f"host {host.origin}")
+        self._start_dispatcher(host)
 
     def _done_with(self, request: Request) -> None:
         """A request left the crawl (delivered or dropped); maybe the crawl is over."""
@@ -255,7 +372,14 @@ class Crawl:
         self._check_finished()
 
     def _check_finished(self) -> None:
-        if self._pending <= 0 and not self.config.stay_open:
+        if self.config.stay_open:
+            return
+        if self._store is None:
+            if self._pending <= 0:
+                self._finished.set()
+        elif (
+            self._live <= 0 and self._backlog <= 0 and not len(self._batch) and not self._committing
+        ):
             self._finished.set()
 
     # -- dispatch: one task per origin with queued work --------------------------------
@@ -264,6 +388,8 @@ class Crawl:
         try:
             while host.queue:
                 request = host.queue.popleft()
+                if self._store is not None:
+                    self._maybe_refill(host)
                 host.staged += 1
                 try:
                     if not await self._robots_allow(host, request):
@@ -276,13 +402,33 @@ class Crawl:
                     except BaseException:
                         host.limiter.release_on_behalf_of(request)
                         raise
+                except BaseException:
+                    self._unsent(request)
+                    raise
                 finally:
                     host.staged -= 1
                 host.in_flight += 1
-                # A worker is free: the global slot we hold is one no busy worker holds.
-                await self._requests_send.send(request)
+                try:
+                    # A worker is free: the global slot we hold is one no busy worker holds.
+                    await self._requests_send.send(request)
+                except BaseException:  # cancelled (the crawl stops): never sent
+                    host.in_flight -= 1
+                    host.limiter.release_on_behalf_of(request)
+                    self._global.release_on_behalf_of(request)
+                    self._unsent(request)
+                    raise
         finally:
             host.running = False
+            if self._store is not None:
+                # Ran dry: the links found lately are waiting in the next commit.
+                self._commit_now.set()
+
+    def _unsent(self, request: Request) -> None:
+        """A request taken out of its queue will not be sent (the crawl stops)."""
+        if self._store is not None and self._forget(request):
+            host = self._frontier.host_for(request.first_url)
+            host.backlog += 1  # still queued in the database: counted as queued
+            self._backlog += 1
 
     def _seed_sitemaps(self, host: Host) -> None:
         """Queue the host's sitemaps: robots.txt `Sitemap:` lines and /sitemap.xml."""
@@ -326,7 +472,11 @@ class Crawl:
         else:
             host.disallowed += 1
             self._disallowed += 1
-            self._done_with(request)
+            if self._store is not None:
+                self._batch.disallowed.append((request.seq, request.url, host.origin))
+                self._batch_ready.set()
+            else:
+                self._done_with(request)
         return False
 
     async def _fetch_robots(self, host: Host, request: Request) -> None:
@@ -349,14 +499,18 @@ class Crawl:
                     request.exchanges.append(fetched.exchange)
                 status = None if fetched.error else fetched.status
                 robots = robots_from_response(status, fetched.body, trio.current_time())
+                host.robots_source = (status, fetched.body)
                 if robots.status is not RobotsStatus.UNAVAILABLE:
                     break
                 if attempt < self.config.retries:
                     await trio.sleep(retry_delay(attempt, self._rng))
         finally:
             host.robots = robots if robots is not None else Robots()
+            if robots is None:
+                host.robots_source = None
         host.robots_delay = host.robots.interval(self.config.user_agent)
         host.apply_limits()
+        host.notify()
 
     async def _fetch_following(self, url: str) -> Fetched:
         fetched = await self._fetcher.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
@@ -370,6 +524,230 @@ class Crawl:
             url = target
             fetched = await self._fetcher.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
         return fetched
+
+    # -- durable state: loading, refilling, committing ---------------------------------
+
+    async def _open_state(self) -> None:
+        """Open the state database (if not open yet) and take up where it left off."""
+        store = self._store
+        if store is None:
+            return
+        snapshot = store.snapshot if store.is_open else await store.open()
+        assert snapshot is not None
+        self._load_state(snapshot)
+
+    def _load_state(self, snapshot: Snapshot) -> None:
+        totals = snapshot.totals
+        self._pages, self._errors, self._bytes = totals.pages, totals.errors, totals.bytes
+        self._disallowed, self._redirects = totals.disallowed, totals.redirects
+        self._errors_by_kind = Counter(totals.errors_by_kind)
+        self._frontier.dropped = Counter(totals.dropped)
+        self._dropped_committed = Counter(totals.dropped)
+        self._elapsed_before = totals.elapsed
+        self._elapsed_mark = trio.current_time()
+        self._seen_total = snapshot.seen
+        self._frontier.on_change = self._host_changed
+        config = self.config
+        now, wall = trio.current_time(), time.time()
+        for stored in snapshot.hosts:
+            host = self._frontier.host_for(stored.origin)
+            host.done, host.errors, host.bytes = stored.done, stored.errors, stored.bytes
+            host.disallowed = stored.disallowed
+            host.backlog = stored.queued
+            self._backlog += stored.queued
+            if stored.robots is not None and config.obey_robots:
+                status, body, expires = stored.robots
+                robots = robots_from_response(status, body, now)
+                robots.expires = now + (expires - wall)
+                host.robots, host.robots_source = robots, (status, body)
+                host.robots_delay = robots.interval(config.user_agent)
+            host.backoff = stored.backoff
+            if host.backoff or host.robots_delay:
+                host.apply_limits()
+            if stored.paused_until > wall:
+                host.pause_until(now + (stored.paused_until - wall))
+
+    def _host_changed(self, host: Host) -> None:
+        self._dirty_hosts.add(host)
+        self._batch_ready.set()
+
+    def _host_state(self, host: Host) -> HostState:
+        now, wall = trio.current_time(), time.time()
+        paused = wall + (host.paused_until - now) if host.paused_until > now else 0.0
+        robots = None
+        if host.robots_source is not None and host.robots.status is not RobotsStatus.FETCHING:
+            status, body = host.robots_source
+            robots = (status, body, wall + (host.robots.expires - now))
+        return HostState(host.origin, paused, host.backoff, robots)
+
+    def _maybe_refill(self, host: Host) -> None:
+        """Load more of the host's queued URLs from the database when its queue runs low."""
+        if (
+            host.backlog <= 0
+            or host.refilling
+            or len(host.queue) >= REFILL_AT
+            or self._stopping
+            or self._dispatch is None
+        ):
+            return
+        host.refilling = True
+        self._dispatch.start_soon(self._refill, host, name=f"refill {host.origin}")
+
+    async def _refill(self, host: Host) -> None:
+        assert self._store is not None
+        want = QUEUE_WINDOW - len(host.queue)
+        try:
+            rows = await self._store.load(host.origin, host.cursor, want)
+        finally:
+            host.refilling = False
+        # No await from here on: a commit's new rows cannot slip between the load and
+        # the bookkeeping (store calls run one at a time, and each caller does its
+        # bookkeeping before the next call starts).
+        if rows:
+            host.cursor = rows[-1].seq
+        added = 0
+        for row in rows:
+            if row.url in host.loaded:
+                continue  # a priority URL, queued already
+            host.queue.append(self._request_from_row(host, row))
+            added += 1
+        taken = host.backlog if len(rows) < want else min(added, host.backlog)
+        host.backlog -= taken
+        self._backlog -= taken
+        if self._stopping:
+            self._stop_queue(host)
+            return
+        self._start_dispatcher(host)
+        self._maybe_refill(host)
+        self._check_finished()
+
+    def _request_from_row(self, host: Host, row: QueuedRow) -> Request:
+        host.loaded.add(row.url)
+        self._live += 1
+        return Request(
+            url=row.url,
+            depth=row.depth,
+            origin=host.origin,
+            first_url=row.url,
+            attempt=row.attempt,
+            sitemap=row.sitemap,
+            seq=row.seq,
+        )
+
+    def _stop_queue(self, host: Host) -> None:
+        """Drop the host's queue from memory: it is still queued in the database, for a
+        resumed crawl to fetch (and counts as queued in the statistics)."""
+        self._live -= len(host.queue)
+        host.backlog += len(host.queue)
+        self._backlog += len(host.queue)
+        for request in host.queue:
+            host.loaded.discard(request.first_url)
+        host.queue.clear()
+
+    def _start_dispatcher(self, host: Host) -> None:
+        if host.queue and not host.running and self._dispatch is not None:
+            host.running = True
+            self._dispatch.start_soon(self._dispatch_host, host, name=f"host {host.origin}")
+
+    def _forget(self, request: Request) -> bool:
+        """A request leaves memory unsettled: it stays queued in the database.
+
+        False if it was forgotten (or settled) already."""
+        host = self._frontier.hosts.get(origin_of(request.first_url))
+        if host is None or request.first_url not in host.loaded:
+            return False
+        host.loaded.discard(request.first_url)
+        self._live -= 1
+        self._check_finished()
+        return True
+
+    def _note_attempt(self, request: Request) -> None:
+        if self._store is not None and not request.redirects:
+            self._batch.attempts.append((request.seq, request.first_url, request.attempt))
+            self._batch_ready.set()
+
+    async def _commit_loop(
+        self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Commit whatever has settled, one batch at a time, until cancelled; then the rest."""
+        task_status.started()
+        try:
+            while True:
+                await self._batch_ready.wait()
+                # Linger, so that one transaction takes many pages; not when a host
+                # has run out of work, which may be waiting in this very batch.
+                with trio.move_on_after(COMMIT_LINGER):
+                    await self._commit_now.wait()
+                self._batch_ready = trio.Event()
+                self._commit_now = trio.Event()
+                await self._commit()
+        finally:
+            if not self._state_failed:
+                with trio.CancelScope(shield=True):
+                    await self._commit()
+
+    async def _commit(self) -> None:
+        assert self._store is not None
+        batch = self._take_batch()
+        if batch.empty():
+            return
+        self._committing = True
+        try:
+            result = await self._store.commit(batch)
+        except BaseException:
+            self._state_failed = True
+            raise
+        finally:
+            self._committing = False
+        self._apply_commit(batch, result)
+
+    def _take_batch(self) -> Batch:
+        batch, self._batch = self._batch, Batch()
+        self._batch_links = 0
+        batch.hosts = [self._host_state(host) for host in self._dirty_hosts]
+        self._dirty_hosts.clear()
+        dropped = self._frontier.dropped
+        for reason, count in dropped.items():
+            delta = count - self._dropped_committed[reason]
+            if delta > 0:
+                batch.dropped[reason] = delta
+        self._dropped_committed = Counter(dropped)
+        now = trio.current_time()
+        batch.elapsed, self._elapsed_mark = now - self._elapsed_mark, now
+        return batch
+
+    def _apply_commit(self, batch: Batch, result: CommitResult) -> None:
+        self._seen_total = result.seen
+        if result.dropped_max_pages:
+            self._frontier.dropped["max_pages"] += result.dropped_max_pages
+            self._dropped_committed["max_pages"] += result.dropped_max_pages
+        frontier = self._frontier
+        for origin, count in result.new.items():
+            host = frontier.host_for(origin)
+            host.backlog += count
+            self._backlog += count
+            self._maybe_refill(host)
+        for row in result.front:
+            host = frontier.host_for(row.origin)
+            if row.url not in host.loaded and not self._stopping:
+                host.queue.appendleft(self._request_from_row(host, row))
+                self._start_dispatcher(host)
+            elif self._stopping:
+                host.backlog += 1
+                self._backlog += 1
+        for done in batch.done:
+            self._settled(done.url)
+        for _, url, _ in batch.disallowed:
+            self._settled(url)
+        self._committed.set()
+        self._committed = trio.Event()
+        self._check_finished()
+
+    def _settled(self, url: str) -> None:
+        host = self._frontier.hosts.get(origin_of(url))
+        if host is not None and url in host.loaded:
+            host.loaded.discard(url)
+            self._live -= 1
 
     # -- workers -----------------------------------------------------------------------
 
@@ -410,6 +788,7 @@ class Crawl:
                 host.pause_until(now + pause)
                 if request.attempt < config.retries:
                     request.attempt += 1
+                    self._note_attempt(request)
                     self._enqueue(request, front=True)
                     return
             else:
@@ -421,11 +800,14 @@ class Crawl:
         if (status in RETRY_STATUSES or kind in RETRY_ERRORS) and request.attempt < config.retries:
             delay = retry_delay(request.attempt, self._rng)
             request.attempt += 1
-            assert self._dispatch is not None
-            self._dispatch.start_soon(self._retry_later, request, host, delay)
+            self._note_attempt(request)
+            if self._dispatch is None:  # stopping: no more requests
+                self._enqueue(request, front=True)
+            else:
+                self._dispatch.start_soon(self._retry_later, request, host, delay)
             return
         redirect = status in REDIRECT_STATUSES and fetched.error is None
-        if redirect and self._follow_redirect(request, fetched):
+        if redirect and await self._follow_redirect(request, fetched):
             return
         error = fetched.error
         if error is None and status in RETRY_STATUSES:
@@ -442,7 +824,7 @@ class Crawl:
             host.waiting -= 1
         self._enqueue(request, front=True)
 
-    def _follow_redirect(self, request: Request, fetched: Fetched) -> bool:
+    async def _follow_redirect(self, request: Request, fetched: Fetched) -> bool:
         """Queue the next hop; False when the chain ends here (the page records why)."""
         location = fetched.headers.get("location")
         if location is None:
@@ -464,6 +846,13 @@ class Crawl:
             return False
         request.redirect_target = target
         canonical = self._frontier.admit(target, request.depth, count=False)
+        # The cache forgets: the database knows every URL admitted before.
+        if (
+            canonical is not None
+            and self._store is not None
+            and await self._store.contains(canonical)
+        ):
+            canonical = None
         if canonical is None or self._stopping:
             return False
         hop = Request(
@@ -474,6 +863,7 @@ class Crawl:
             redirects=request.redirects + 1,
             chain=(*request.chain, request.url),
             exchanges=request.exchanges,
+            seq=request.seq,
         )
         self._redirects += 1
         self._enqueue(hop)
@@ -487,6 +877,7 @@ class Crawl:
         error = error or request.error
         title: str | None = None
         links: tuple[str, ...] = ()
+        into: list[NewUrl] | None = [] if self._store is not None else None
         headers = fetched.headers if fetched is not None else httpx.Headers()
         content_type = headers.get("content-type")
         status = fetched.status if fetched is not None else None
@@ -500,7 +891,7 @@ class Crawl:
             links = tuple(dict.fromkeys(u for u in map(normalize_url, locs) if u is not None))
             follow = False
             for link in links:
-                self._add(link, request.depth + (0 if is_index else 1), sitemap=is_index)
+                self._add(link, request.depth + (0 if is_index else 1), sitemap=is_index, into=into)
         elif (
             fetched is not None
             and error is None
@@ -533,7 +924,7 @@ class Crawl:
             exchanges=tuple(request.exchanges),
         )
         if links and follow:
-            self._add_links(page)
+            self._add_links(page, into)
         self._pages += 1
         self._bytes += len(body)
         host.bytes += len(body)
@@ -543,12 +934,40 @@ class Crawl:
             self._errors_by_kind[str(error.kind)] += 1
         else:
             host.done += 1
+        if into is None:
+            try:
+                await self._results_send.send(page)
+            finally:
+                self._done_with(request)
+            return
+        # The links go to the state now, in the next commit: before the page's "done"
+        # mark, never after it (a crash in between would lose them), and without
+        # waiting for the consumer to deal with the page.
+        if into:
+            self._batch.inserts.extend(into)
+            self._batch_links += len(into)
+            self._batch_ready.set()
+            if self._uncommitted() >= COMMIT_BATCH:
+                self._commit_now.set()
+        done = Done(
+            seq=request.seq,
+            url=request.first_url,
+            origin=host.origin,
+            error_kind=str(error.kind) if error is not None else None,
+            bytes=len(body),
+            redirects=request.redirects,
+            hops=[*request.chain[1:], request.url] if request.redirects else [],
+        )
+        self._handed[id(page)] = (page, done)
         try:
             await self._results_send.send(page)
-        finally:
-            self._done_with(request)
+        except BaseException:
+            # Not handed over: still queued in the database, fetched again on resume.
+            self._handed.pop(id(page), None)
+            self._forget(request)
+            raise
 
-    def _add_links(self, page: Page) -> None:
+    def _add_links(self, page: Page, into: list[NewUrl] | None = None) -> None:
         depth = page.depth + 1
         max_depth = self.config.max_depth
         if max_depth is not None and depth > max_depth:
@@ -557,7 +976,7 @@ class Crawl:
         for link in page.links:
             if should_follow is not None and not should_follow(link, page):
                 continue
-            self._add(link, depth)
+            self._add(link, depth, into=into)
 
 
 def _utcnow() -> dt.datetime:
@@ -577,21 +996,34 @@ def _default_transport(config: CrawlConfig) -> httpx.AsyncBaseTransport:
 
 @asynccontextmanager
 async def open_crawl(
-    config: CrawlConfig, *, transport: httpx.AsyncBaseTransport | None = None
+    config: CrawlConfig,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    store: StateStore | None = None,
 ) -> AsyncIterator[Crawl]:
     """Run a crawl inside the caller's task tree; leaving the block stops it at once.
 
-    An exception raised by the caller's block propagates out unchanged.
+    An exception raised by the caller's block propagates out unchanged. With
+    `config.state`, the crawl continues the one stored there (`StateError` /
+    `StateMismatch` if it cannot); `store` is that state opened already (the crawl
+    closes it).
     """
-    crawl = Crawl(config, transport)
+    crawl = Crawl(config, transport, store=store)
     raised: BaseException | None = None
-    async with trio.open_nursery() as nursery:
-        await nursery.start(crawl._run, name="crawl")
-        try:
-            yield crawl
-        except BaseException as exc:  # re-raised below, after the crawl's tasks are gone
-            raised = exc
-        nursery.cancel_scope.cancel()
+    try:
+        await crawl._open_state()
+        async with trio.open_nursery() as nursery:
+            if crawl._store is not None:
+                await nursery.start(crawl._commit_loop, name="crawl state")
+            await nursery.start(crawl._run, name="crawl")
+            try:
+                yield crawl
+            except BaseException as exc:  # re-raised below, after the crawl's tasks are gone
+                raised = exc
+            nursery.cancel_scope.cancel()
+    finally:
+        if crawl._store is not None:
+            await crawl._store.aclose()
     if raised is not None:
         raise raised
 

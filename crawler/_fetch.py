@@ -10,6 +10,7 @@ import httpx
 import trio
 
 from ._decode import BodyDecoder, DecodingError
+from ._guard import BlockedAddressError
 from ._page import ErrorKind, Exchange, PageError
 
 
@@ -118,7 +119,8 @@ class Fetcher:
         except httpx.TimeoutException as exc:
             error = PageError(ErrorKind.TIMEOUT, _describe(exc, "timed out"))
         except httpx.ConnectError as exc:
-            kind = ErrorKind.BLOCKED if "blocked" in str(exc) else ErrorKind.CONNECT
+            blocked = isinstance(exc.__cause__, BlockedAddressError)
+            kind = ErrorKind.BLOCKED if blocked else ErrorKind.CONNECT
             error = PageError(kind, _describe(exc, "connection failed"))
         except (httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
             error = PageError(ErrorKind.RESET, _describe(exc, "connection lost"))

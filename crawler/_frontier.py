@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 import math
 import re
 from collections import Counter, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import trio
@@ -34,6 +35,8 @@ class Request:
     """Why a redirect chain ended here, when it did not end in a page."""
     redirect_target: str | None = None
     sitemap: bool = False
+    seq: int | None = None
+    """The row of `first_url` in a durable state's database."""
 
 
 @dataclass(slots=True, eq=False)
@@ -70,6 +73,19 @@ class Host:
     paused_until: float = 0.0
     """Trio time before which Retry-After forbids requests."""
     changed: trio.Event = field(default_factory=trio.Event)
+    # -- with a durable state (CrawlConfig.state) only --------------------------------
+    backlog: int = 0
+    """Queued URLs in the state database not loaded into `queue` yet."""
+    cursor: int | None = None
+    """Sequence number of the last URL loaded from the database (None: none yet)."""
+    refilling: bool = False
+    loaded: set[str] = field(default_factory=set)
+    """URLs (as stored) of this host's requests in memory: queued, in flight, or
+    delivered and not committed yet."""
+    robots_source: tuple[int | None, builtins.bytes] | None = None
+    """(status, body) robots.txt was parsed from, to be stored."""
+    on_change: Callable[[Host], None] | None = None
+    """Called when politeness state worth storing changes (pause, backoff, robots)."""
 
     def effective_interval(self) -> float:
         return max(self._site_interval(), self.backoff)
@@ -94,12 +110,14 @@ class Host:
             self.backoff = grow_backoff(self.backoff, self._site_interval())
             self.backoff_at = now
             self.apply_limits()
+            self.notify()
 
     def recover(self) -> None:
         """A healthy response: let the interval decay back towards the configured one."""
         if self.backoff > 0:
             self.backoff = decay_backoff(self.backoff, self._site_interval())
             self.apply_limits()
+            self.notify()
 
     def _site_interval(self) -> float:
         return max(1.0 / self.rate if self.rate > 0 else 0.0, self.robots_delay)
@@ -110,36 +128,81 @@ class Host:
             self.paused_until = deadline
             self.bucket.pause_until(deadline)
             self.wake()
+            self.notify()
 
     def wake(self) -> None:
         self.changed.set()
         self.changed = trio.Event()
 
+    def notify(self) -> None:
+        if self.on_change is not None:
+            self.on_change(self)
+
+
+class SeenCache:
+    """A bounded set of URLs: it remembers at least the last `size` added, at most 2 * size.
+
+    The seen-set of a crawl with a durable state lives in its database; this cache in
+    front of it keeps most duplicate links (a site's navigation, links back to pages
+    seen moments ago) from ever reaching it.
+    """
+
+    __slots__ = ("_old", "_size", "_young")
+
+    def __init__(self, size: int) -> None:
+        if size < 1:
+            raise ValueError("size must be >= 1")
+        self._size = size
+        self._young: set[str] = set()
+        self._old: set[str] = set()
+
+    def __contains__(self, url: object) -> bool:
+        return url in self._young or url in self._old
+
+    def add(self, url: str) -> None:
+        young = self._young
+        young.add(url)
+        if len(young) >= self._size:
+            self._old = young
+            self._young = set()
+
+    def __len__(self) -> int:
+        return len(self._young) + len(self._old)
+
 
 class Frontier:
     """Decides which URLs enter the crawl and keeps them in per-origin queues."""
 
-    def __init__(self, config: CrawlConfig) -> None:
+    def __init__(self, config: CrawlConfig, *, seen_cache: int | None = None) -> None:
+        """`seen_cache`: the crawl has a durable state, which is the real seen-set and
+        counts `max_pages`; keep only a `SeenCache` of that many URLs in memory."""
         self.config = config
         self.scope = Scope(config.scope, config.seeds)
         self._include = [re.compile(p) for p in config.include]
         self._exclude = [re.compile(p) for p in config.exclude]
-        self.seen: set[str] = set()
+        self.durable = seen_cache is not None
+        self.seen: set[str] | SeenCache = set() if seen_cache is None else SeenCache(seen_cache)
         self.hosts: dict[str, Host] = {}
         self.dropped: Counter[str] = Counter()
         self.admitted = 0
         # Limits set while the crawl runs, keyed like CrawlConfig.hosts.
         self.overrides: dict[str, HostLimits] = {}
+        self.on_change: Callable[[Host], None] | None = None
+        """Given to every Host as its `on_change` hook."""
 
     def admit(self, url: str, depth: int, *, count: bool = True) -> str | None:
         """Return the canonical URL if it may be crawled and was not seen; mark it seen.
 
-        `count=False` admits a redirect hop, which is not a page of its own."""
+        `count=False` admits a redirect hop, which is not a page of its own. With a
+        durable state, "not seen" means "not in the cache": the database has the last
+        word (and counts max_pages)."""
         config = self.config
         canonical = normalize_url(url, max_length=config.max_url_length)
         if canonical is None:
             self.dropped["invalid"] += 1
             return None
+        if canonical == url:
+            canonical = url  # links come canonical already: keep one copy of the string
         if canonical in self.seen:
             return None
         if config.max_depth is not None and depth > config.max_depth:
@@ -154,7 +217,12 @@ class Frontier:
         if any(p.search(canonical) for p in self._exclude):
             self.dropped["exclude"] += 1
             return None
-        if count and config.max_pages is not None and self.admitted >= config.max_pages:
+        if (
+            count
+            and config.max_pages is not None
+            and not self.durable
+            and self.admitted >= config.max_pages
+        ):
             self.dropped["max_pages"] += 1
             return None
         self.seen.add(canonical)
@@ -180,6 +248,7 @@ class Frontier:
                 robots=Robots(
                     RobotsStatus.UNKNOWN if self.config.obey_robots else RobotsStatus.IGNORED
                 ),
+                on_change=self.on_change,
             )
             self.hosts[origin] = host
         return host

@@ -51,6 +51,16 @@ de-chunked, ``Transfer-Encoding: chunked`` is removed from the stored headers
 ``Content-Length`` is set to the stored length (a different original value is
 kept as ``X-Crawler-Content-Length``); a body cut short carries
 ``WARC-Truncated: length``. Names ending in ``.gz`` are gzipped per record.
+
+Resuming
+--------
+
+Both writers take ``resume_at=OFFSET``: the file is opened for appending after
+being cut back to ``OFFSET`` bytes (what a crawl state recorded at its last
+commit: anything after it is a torn line or a page that was never committed,
+and will be fetched and written again). ``position`` is the file offset just
+after the last page written, for the state to record. A gzip-per-record WARC can
+be cut at any record boundary; a resumed WARC gets no second ``warcinfo`` record.
 """
 
 from __future__ import annotations
@@ -156,8 +166,37 @@ class _Sink:
         self.close = close
 
 
-def _open_file_sink(path: Path) -> _Sink:
-    raw = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by the sink
+def _open_for_resume(path: Path, offset: int, buffering: int = -1) -> IO[bytes]:
+    """Open `path` for appending after cutting it back to `offset` bytes.
+
+    Raises OSError (to be reported as an OutputError) if the file is shorter than
+    `offset`: it was changed outside the crawl, and resuming would lose pages."""
+    if offset < 0:
+        raise ValueError("resume_at must be >= 0")
+    if offset == 0:
+        return open(path, "wb", buffering=buffering)
+    file = open(path, "r+b", buffering=buffering)  # noqa: SIM115 - returned
+    try:
+        size = os.fstat(file.fileno()).st_size
+        if size < offset:
+            raise OSError(
+                f"cannot resume: it holds {size:,} bytes, fewer than the {offset:,} "
+                "already committed (was it changed or replaced?)"
+            )
+        file.truncate(offset)
+        file.seek(offset)
+    except BaseException:
+        file.close()
+        raise
+    return file
+
+
+def _open_file_sink(path: Path, resume_at: int | None = None) -> _Sink:
+    raw: IO[bytes]
+    if resume_at is None:
+        raw = open(path, "wb", buffering=0)  # noqa: SIM115 - closed by the sink
+    else:
+        raw = _open_for_resume(path, resume_at, buffering=0)
 
     def write(data: bytes) -> None:
         view = memoryview(data)
@@ -198,15 +237,26 @@ class JsonLinesWriter:
         async with JsonLinesWriter("pages.jsonl") as out:
             async for page in crawl:
                 await out.write(page)
+
+    `resume_at`: append to an existing file after cutting it back to that many bytes.
     """
 
-    def __init__(self, path: PathArg = "-") -> None:
+    def __init__(self, path: PathArg = "-", *, resume_at: int | None = None) -> None:
         self.path = os.fspath(path)
+        if resume_at is not None and self.path == "-":
+            raise ValueError("stdout cannot be resumed")
+        self._resume_at = resume_at
         self._sink: _Sink | None = None
         self._pending: list[bytes] = []
         self._lock = trio.Lock()
         self._lines = 0
+        self._position = resume_at or 0
         self._closed = False
+
+    @property
+    def position(self) -> int:
+        """Bytes in the file after the last line written (for stdout: bytes written)."""
+        return self._position
 
     @property
     def lines(self) -> int:
@@ -221,7 +271,9 @@ class JsonLinesWriter:
             self._sink = _stdout_sink()
             return
         try:
-            self._sink = await trio.to_thread.run_sync(_open_file_sink, Path(self.path))
+            self._sink = await trio.to_thread.run_sync(
+                _open_file_sink, Path(self.path), self._resume_at
+            )
         except OSError as exc:
             raise OutputError(self.path, _reason(exc)) from None
 
@@ -250,11 +302,13 @@ class JsonLinesWriter:
             await trio.to_thread.run_sync(self._write_batch, self._sink, batch)
 
     def _write_batch(self, sink: _Sink, batch: list[bytes]) -> None:
+        data = b"".join(batch) if len(batch) > 1 else batch[0]
         try:
-            sink.write_all(b"".join(batch) if len(batch) > 1 else batch[0])
+            sink.write_all(data)
         except OSError as exc:
             raise OutputError(self.path, _reason(exc)) from None
         self._lines += len(batch)
+        self._position += len(data)
 
     def close(self) -> None:
         """Write any pending lines, flush and close (stdout is flushed, not closed)."""
@@ -375,18 +429,32 @@ class WarcWriter:
         async with WarcWriter("site.warc.gz", config=config) as warc:
             async for page in crawl:
                 await warc.write(page)
+
+    Every write reaches the OS before it returns. `resume_at`: append to an existing
+    archive after cutting it back to that many bytes (a record boundary).
     """
 
-    def __init__(self, path: PathArg, *, config: CrawlConfig | None = None) -> None:
+    def __init__(
+        self, path: PathArg, *, config: CrawlConfig | None = None, resume_at: int | None = None
+    ) -> None:
         self.path = os.fspath(path)
         self.gzip = self.path.endswith(".gz")
         self._config = config
+        self._resume_at = resume_at
         self._file: IO[bytes] | None = None
+        self._out: IO[bytes] | None = None
+        """The file, also while close() writes what is pending."""
         self._writer: Any = None
         self._pending: list[Page] = []
         self._lock = trio.Lock()
         self._records = 0
+        self._position = resume_at or 0
         self._closed = False
+
+    @property
+    def position(self) -> int:
+        """Bytes in the file after the last record written."""
+        return self._position
 
     @property
     def records(self) -> int:
@@ -403,12 +471,20 @@ class WarcWriter:
         from warcio.warcwriter import WARCWriter
 
         try:
-            self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            if self._resume_at is None:
+                self._file = open(self.path, "wb")  # noqa: SIM115 - closed in close()
+            else:
+                self._file = _open_for_resume(Path(self.path), self._resume_at)
         except OSError as exc:
             raise OutputError(self.path, _reason(exc)) from None
+        self._out = self._file
         self._writer = WARCWriter(self._file, gzip=self.gzip, warc_version="1.1")
+        if self._resume_at:
+            return  # the archive has its warcinfo record already
         try:
             self._write_warcinfo()
+            self._file.flush()
+            self._position = self._file.tell()
         except OSError as exc:
             self._file.close()
             self._file = None
@@ -471,12 +547,16 @@ class WarcWriter:
             await trio.to_thread.run_sync(self._write_pages, batch)
 
     def _write_pages(self, pages: list[Page]) -> None:
+        file = self._out
+        assert file is not None
         try:
             for page in pages:
                 for exchange in page.exchanges:
                     self._write_exchange(exchange)
+            file.flush()
         except OSError as exc:
             raise OutputError(self.path, _reason(exc)) from None
+        self._position = file.tell()
 
     def _write_exchange(self, exchange: Exchange) -> None:
         from warcio.statusandheaders import StatusAndHeaders
