@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import math
 import random
 import sys
 import time
@@ -23,8 +24,9 @@ import httpx
 import trio
 
 from ._config import CrawlConfig, HostLimits, _check_number
-from ._fetch import Fetched, Fetcher
+from ._fetch import Fetched, Fetcher, seed_credentials
 from ._frontier import Frontier, Host, Request
+from ._guard import AddressGuard
 from ._links import is_html, parse_html
 from ._page import ErrorKind, HostStatistics, Page, PageError, Statistics
 from ._retry import (
@@ -36,11 +38,14 @@ from ._retry import (
 from ._robots import ROBOTS_MAX_BYTES, Robots, RobotsStatus, robots_from_response
 from ._sitemaps import parse_sitemap
 from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
-from ._urls import normalize_url, origin_of
+from ._urls import host_of, normalize_url, origin_of
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 ROBOTS_REDIRECTS = 5
 TRANSPORT_CLOSE_TIMEOUT = 5.0
+# epoll rounds sleeps up to the millisecond: a dispatcher that wakes this late is
+# accounted at its slot, or each request would lose ~1 ms of the host's rate.
+TIMER_SLACK = 0.002
 # With a durable state (CrawlConfig.state):
 QUEUE_WINDOW = 1000
 """Most requests a host's in-memory queue is refilled to from the database."""
@@ -72,6 +77,11 @@ class Crawl:
         if store is None and config.state is not None:
             store = StateStore(config.state, config)
         self._store = store
+        if transport is not None and config.block_private:
+            raise ValueError(
+                "block_private is enforced by the default transport at connect time;"
+                " pass a transport that refuses private addresses instead"
+            )
         self._owns_transport = transport is None
         self._transport = transport if transport is not None else _default_transport(config)
         self._fetcher = Fetcher(
@@ -81,6 +91,7 @@ class Crawl:
             max_bytes=config.max_bytes,
             keep_exchanges=config.keep_exchanges,
             prepare=config.prepare,
+            credentials=seed_credentials(config.seeds),
         )
         self._frontier = Frontier(config, seen_cache=SEEN_CACHE if store is not None else None)
         self._global = trio.CapacityLimiter(config.concurrency)
@@ -91,6 +102,7 @@ class Crawl:
         self._pending = 0
         self._finished = trio.Event()
         self._stopping = False
+        self._stop_reason: str | None = None
         self._paused = False
         self._workers: trio.Nursery | None = None
         self._worker_count = 0
@@ -179,6 +191,8 @@ class Crawl:
         """Schedule nothing new. Graceful: in-flight requests finish and their pages are
         delivered, then iteration ends. Not graceful: in-flight requests are cancelled now."""
         self._stopping = True
+        if self._stop_reason is None:
+            self._stop_reason = "stop" if graceful else "stop_now"
         for host in self._frontier:
             if self._store is not None:
                 self._stop_queue(host)
@@ -277,6 +291,7 @@ class Crawl:
             dropped=dict(self._frontier.dropped),
             errors_by_kind=dict(self._errors_by_kind),
             hosts=hosts,
+            stopped=self._stop_reason,
         )
 
     # -- running ---------------------------------------------------------------------
@@ -298,7 +313,12 @@ class Crawl:
                             self._maybe_refill(host)
                         self._check_finished()
                         task_status.started()
-                        await self._finished.wait()
+                        max_time = self.config.max_time
+                        with trio.move_on_after(math.inf if max_time is None else max_time):
+                            await self._finished.wait()
+                        if not self._finished.is_set() and self._stop_reason is None:
+                            self._stop_reason = "max_time"
+                            self.stop()
                         dispatch.cancel_scope.cancel()
                 finally:
                     self._dispatch = None
@@ -327,6 +347,9 @@ class Crawl:
         commit), not to a queue; `into` collects a page's links, which are passed on
         even once the crawl stops (they must reach the state before the page is done)."""
         if self._stopping and into is None:
+            return False
+        if self._store is None and self._pending >= self.config.max_queued:
+            self._frontier.dropped["max_queued"] += 1
             return False
         canonical = self._frontier.admit(url, depth)
         if canonical is None:
@@ -446,7 +469,7 @@ class Crawl:
             if self._paused or host.paused:
                 self._global.release_on_behalf_of(borrower)
                 continue
-            delay = host.bucket.try_acquire()
+            delay = host.bucket.try_acquire(slack=TIMER_SLACK)
             if delay <= 0.0:
                 return
             self._global.release_on_behalf_of(borrower)
@@ -462,7 +485,9 @@ class Crawl:
         if host.robots.allows(request.url, config.user_agent):
             return True
         if host.robots.status is RobotsStatus.UNAVAILABLE:
-            error = PageError(ErrorKind.ROBOTS_UNAVAILABLE, host.robots.message)
+            error = host.robots.error or PageError(
+                ErrorKind.ROBOTS_UNAVAILABLE, host.robots.message
+            )
             await self._deliver(request, host, None, error)
             return False
         if request.redirects:
@@ -500,6 +525,10 @@ class Crawl:
                 status = None if fetched.error else fetched.status
                 robots = robots_from_response(status, fetched.body, trio.current_time())
                 host.robots_source = (status, fetched.body)
+                if fetched.error is not None and fetched.error.kind is ErrorKind.BLOCKED:
+                    # Not the site failing: we may not connect to it at all.
+                    robots.error = fetched.error
+                    break
                 if robots.status is not RobotsStatus.UNAVAILABLE:
                     break
                 if attempt < self.config.retries:
@@ -987,10 +1016,14 @@ def _default_transport(config: CrawlConfig) -> httpx.AsyncBaseTransport:
     from ._transport import TrioTransport
 
     most_per_host = max([config.per_host, *(h.per_host or 0 for h in config.hosts.values())])
+    guard = AddressGuard(host_of(seed) for seed in config.seeds) if config.block_private else None
     return TrioTransport(
         max_connections_per_origin=most_per_host,
         connect_timeout=config.connect_timeout,
         read_timeout=config.read_timeout,
+        max_header_bytes=config.max_header_bytes,
+        max_headers=config.max_headers,
+        connect=guard,
     )
 
 

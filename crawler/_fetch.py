@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import httpx
@@ -12,6 +13,7 @@ import trio
 from ._decode import BodyDecoder, DecodingError
 from ._guard import BlockedAddressError
 from ._page import ErrorKind, Exchange, PageError
+from ._urls import normalize_url, origin_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +44,13 @@ class Fetcher:
         max_bytes: int,
         keep_exchanges: bool,
         prepare: Callable[[httpx.Request], httpx.Request] | None = None,
+        credentials: Mapping[str, str] | None = None,
     ) -> None:
         self.transport = transport
         self.prepare = prepare
+        # Authorization header per origin, from credentials in the seeds' URLs: sent
+        # to that origin only, never across a redirect or link to another.
+        self.credentials = dict(credentials or {})
         self.timeout = timeout
         self.max_bytes = max_bytes
         self.keep_exchanges = keep_exchanges
@@ -68,6 +74,10 @@ class Fetcher:
         length says so; with `cut=True` the body is read up to the cap and kept."""
         cap = self.max_bytes if max_bytes is None else max_bytes
         request = httpx.Request("GET", url, headers=headers or self.headers)
+        if self.credentials:
+            authorization = self.credentials.get(origin_of(url))
+            if authorization is not None:
+                request.headers["Authorization"] = authorization
         if self.prepare is not None:
             request = self.prepare(request)
         started_at = dt.datetime.now(dt.UTC)
@@ -160,6 +170,18 @@ class Fetcher:
             exchange=exchange,
             truncated=truncated,
         )
+
+
+def seed_credentials(seeds: Iterable[str]) -> dict[str, str]:
+    """Basic credentials from seeds like ``https://user:pw@host/``, keyed by origin."""
+    found: dict[str, str] = {}
+    for seed in seeds:
+        url = httpx.URL(seed)
+        canonical = normalize_url(seed)
+        if (url.username or url.password) and canonical is not None:
+            token = f"{url.username}:{url.password}".encode()
+            found[origin_of(canonical)] = "Basic " + base64.b64encode(token).decode("ascii")
+    return found
 
 
 def _check_length(headers: httpx.Headers, cap: int) -> PageError | None:

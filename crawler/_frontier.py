@@ -16,7 +16,7 @@ from ._config import CrawlConfig, HostLimits
 from ._page import Exchange, PageError
 from ._retry import decay_backoff, grow_backoff
 from ._robots import Robots, RobotsStatus
-from ._urls import Scope, host_of, normalize_url, origin_of
+from ._urls import Scope, host_of, looks_like_trap, normalize_url, origin_of, strip_userinfo
 
 
 @dataclass(slots=True, eq=False)
@@ -203,6 +203,8 @@ class Frontier:
             return None
         if canonical == url:
             canonical = url  # links come canonical already: keep one copy of the string
+        if "@" in canonical:
+            canonical = strip_userinfo(canonical)
         if canonical in self.seen:
             return None
         if config.max_depth is not None and depth > config.max_depth:
@@ -211,12 +213,20 @@ class Frontier:
         if not self.scope.allows(canonical):
             self.dropped["scope"] += 1
             return None
+        if looks_like_trap(canonical, config.max_path_depth, config.max_path_repeats):
+            self.dropped["trap"] += 1
+            return None
         if self._include and not any(p.search(canonical) for p in self._include):
             self.dropped["include"] += 1
             return None
         if any(p.search(canonical) for p in self._exclude):
             self.dropped["exclude"] += 1
             return None
+        if not self.durable:
+            host = self.hosts.get(origin_of(canonical))
+            if host is not None and len(host.queue) >= config.max_host_queue:
+                self.dropped["max_host_queue"] += 1
+                return None
         if (
             count
             and config.max_pages is not None

@@ -123,6 +123,9 @@ class Statistics:
     dropped: Mapping[str, int]
     errors_by_kind: Mapping[str, int]
     hosts: Mapping[str, HostStatistics]
+    stopped: str | None = None
+    """Why the crawl stopped early: "max_time", "stop" (graceful), "stop_now"; None if
+    it ran to its end (or is still running)."""
 
     @property
     def done(self) -> int:

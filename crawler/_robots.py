@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 
 from protego import Protego
 
+from ._page import PageError
+
 ROBOTS_MAX_BYTES = 500 * 1024
 ROBOTS_TTL = 24 * 3600.0
 # After a 5xx or network failure, the host counts as disallowed until this long has passed.
@@ -33,6 +35,8 @@ class Robots:
     expires: float = 0.0
     message: str = ""
     sitemaps: tuple[str, ...] = field(default_factory=tuple)
+    error: PageError | None = None
+    """Why the host's pages fail while robots.txt is unavailable, when not the default."""
 
     def needs_fetch(self, now: float) -> bool:
         if self.status is RobotsStatus.IGNORED or self.status is RobotsStatus.FETCHING:

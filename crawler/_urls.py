@@ -536,3 +536,32 @@ class Scope:
 
     def __repr__(self) -> str:
         return f"Scope({self.mode!r}, hosts={sorted(self._hosts)!r})"
+
+
+def strip_userinfo(url: str) -> str:
+    """A canonical URL without ``user:password@``: credentials are never crawled, shown
+    in outputs or sent anywhere but the seed's own origin (see Fetcher)."""
+    start = url.find("://") + 3
+    end = url.find("/", start)
+    at = url.rfind("@", start, end if end >= 0 else len(url))
+    return url if at < 0 else url[:start] + url[at + 1 :]
+
+
+def looks_like_trap(url: str, max_depth: int, max_repeats: int) -> bool:
+    """True for a canonical URL whose path is deeper than `max_depth` segments or repeats
+    one segment more than `max_repeats` times (endless calendars, /a/b/a/b/...)."""
+    start = url.find("/", url.find("://") + 3)
+    end = url.find("?", start)
+    path = url[start : end if end >= 0 else len(url)]
+    slashes = path.count("/")
+    if slashes <= min(max_depth, max_repeats):
+        return False  # too short to repeat anything too often, or to be too deep
+    segments = [segment for segment in path.split("/") if segment]
+    if len(segments) > max_depth:
+        return True
+    counts: dict[str, int] = {}
+    for segment in segments:
+        counts[segment] = n = counts.get(segment, 0) + 1
+        if n > max_repeats:
+            return True
+    return False
