@@ -28,6 +28,7 @@ import time
 import tomllib
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TextIO
 
@@ -268,6 +269,19 @@ def _build_parser() -> argparse.ArgumentParser:
         help=f"cut bodies at N bytes (default: {_show('max_bytes')})",
     )
     polite.add_argument(
+        "--max-time",
+        metavar="SECONDS",
+        type=_number,
+        help="stop gracefully after this long (default: no limit)",
+    )
+    polite.add_argument(
+        "--block-private",
+        action="store_true",
+        default=None,
+        help="refuse to connect to loopback, private and link-local addresses (after DNS), "
+        "except the seeds' own hosts (default: off)",
+    )
+    polite.add_argument(
         "--timeout",
         metavar="SECONDS",
         type=_number,
@@ -299,6 +313,26 @@ def _build_parser() -> argparse.ArgumentParser:
         type=_host_port,
         help="serve Prometheus metrics at http://HOST:PORT/metrics while crawling "
         "(port 0: any free port; default: off)",
+    )
+    shared = p.add_argument_group("shared crawls (several workers, one Redis)")
+    shared.add_argument(
+        "--redis",
+        metavar="URL",
+        help="join the shared crawl in this Redis (redis://HOST:PORT/DB, redis+cluster://...); "
+        "needs --crawl-id (default: none)",
+    )
+    shared.add_argument("--crawl-id", metavar="NAME", help="name of the shared crawl")
+    shared.add_argument(
+        "--worker-id",
+        metavar="ID",
+        help="this worker's id, also in its output file names (default: HOSTNAME-PID)",
+    )
+    shared.add_argument(
+        "--results",
+        choices=("local", "redis"),
+        default="local",
+        help="local: this worker's own -o/--warc files (out.w-ID.jsonl); redis: append pages "
+        "to the crawl's Redis Stream (default: local)",
     )
     run.add_argument(
         "--config",
@@ -342,6 +376,8 @@ _CONFIG_FLAGS: dict[str, str] = {
     "retries": "--retries",
     "max_bytes": "--max-bytes",
     "timeout": "--timeout",
+    "max_time": "--max-time",
+    "block_private": "--block-private",
     "state": "--state",
 }
 
@@ -359,6 +395,10 @@ class Options:
     config_file: str | None = None
     state_reset: bool = False
     metrics: tuple[str, int] | None = None
+    redis: str | None = None
+    crawl_id: str | None = None
+    worker_id: str | None = None
+    results: Literal["local", "redis"] = "local"
 
 
 def _load_config_file(path: str) -> dict[str, Any]:
@@ -418,7 +458,16 @@ def _options(args: argparse.Namespace) -> Options:
         origins["seeds"] = "SEED"
     if args.warc is not None:
         data["keep_exchanges"] = True
-    if not data.get("seeds"):
+    if args.redis is not None:
+        if args.crawl_id is None:
+            raise UsageError("--redis needs --crawl-id NAME")
+        if data.get("state") is not None:
+            raise UsageError("--redis and --state do not go together: the state is in Redis")
+        if not data.get("seeds"):
+            data["seeds"], data["stay_open"] = (), True  # join the crawl others seeded
+    elif args.crawl_id is not None:
+        raise UsageError("--crawl-id needs --redis URL")
+    if not data.get("seeds") and not data.get("stay_open"):
         where = f" or seeds = [...] in {args.config}" if args.config else ""
         raise UsageError(f"no seed URL given (pass SEED arguments{where})")
     try:
@@ -434,6 +483,10 @@ def _options(args: argparse.Namespace) -> Options:
         log_format=args.log_format,
         config_file=args.config,
         state_reset=args.state_reset,
+        redis=args.redis,
+        crawl_id=args.crawl_id,
+        worker_id=args.worker_id,
+        results=args.results,
         metrics=args.metrics,
     )
 
@@ -1123,6 +1176,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _build_parser().parse_args(argv)
+        if args.status and args.redis is not None:
+            if args.crawl_id is None:
+                raise UsageError("--redis needs --crawl-id NAME")
+            return trio.run(_print_shared_status, args.redis, args.crawl_id)
         if args.status:
             state = args.state
             if state is None and args.config is not None:
@@ -1135,6 +1192,8 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _setup_logging(options)
+    if options.redis is not None:
+        return _run_shared(options)
     previous: Any = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_late_sigterm)
@@ -1152,6 +1211,53 @@ def _main(argv: Sequence[str] | None) -> int:
     if options.output == "-":
         _quiet_stdout_on_exit()
     return code
+
+
+async def _print_shared_status(redis_url: str, crawl_id: str) -> int:
+    from ._distributed import shared_status
+    from ._redis import format_status
+
+    print(format_status(await shared_status(redis_url, crawl_id)))
+    return 0
+
+
+def _run_shared(options: Options) -> int:
+    """One worker of a crawl shared through Redis; its outputs are named per worker."""
+    from ._distributed import run_worker
+    from ._redis import SharedCrawlError
+
+    assert options.redis is not None and options.crawl_id is not None
+    config = options.config
+    try:
+        stats = trio.run(
+            partial(
+                run_worker,
+                config,
+                redis_url=options.redis,
+                crawl_id=options.crawl_id,
+                worker_id=options.worker_id,
+                output=None
+                if options.output == "-" and options.results == "redis"
+                else options.output,
+                warc=options.warc,
+                results=options.results,
+                stay_open=False,
+                stop_on_signals=True,
+            )
+        )
+    except SharedCrawlError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except OutputError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    if not options.quiet:
+        print(
+            f"{PROG}: worker done: {stats.pages} pages, {stats.errors} errors, "
+            f"{stats.pages_per_second:.1f} pages/s",
+            file=sys.stderr,
+        )
+    return 0
 
 
 def _quiet_stdout_on_exit() -> None:

@@ -89,3 +89,11 @@ async def test_header_limits_are_protocol_errors() -> None:
         )
         stats = await crawler.crawl(cfg)
     assert stats.errors_by_kind.get("protocol", 0) >= 1
+
+
+def test_command_line_flags_for_bounds() -> None:
+    from crawler._cli import build_config
+
+    config = build_config(["--block-private", "--max-time", "5", "http://a.test/"])
+    assert config.block_private is True and config.max_time == 5.0
+    assert build_config(["http://a.test/"]).block_private is False

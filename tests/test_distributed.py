@@ -531,3 +531,54 @@ async def test_an_exception_in_the_block_propagates_unchanged(
         status = await shared_status(redis_url, crawl_id)
         # The page the block failed on was not taken as done: it goes back, as do the rest.
         assert status.leased == 0 and status.pages == 0 and status.pending > 0
+
+
+async def test_crawl_command_runs_a_shared_worker(
+    crawl_id: str, redis_url: str, tmp_path: Path
+) -> None:
+    """`crawl --redis URL --crawl-id NAME` is a worker; `--status` reports on the crawl."""
+    async with open_site_server(ports=1, pages=20) as server:
+        out = tmp_path / "out.jsonl"
+        command = [
+            sys.executable,
+            "-m",
+            "crawler",
+            "--redis",
+            redis_url,
+            "--crawl-id",
+            crawl_id,
+            "--worker-id",
+            "w1",
+            "--rate",
+            "0",
+            "-q",
+            "-o",
+            str(out),
+            server.url(0),
+        ]
+        result = await trio.run_process(command, capture_stderr=True, check=False)
+        assert result.returncode == 0, result.stderr.decode()
+        lines = (tmp_path / "out.w-w1.jsonl").read_text().splitlines()
+        assert len(lines) == len({json.loads(line)["url"] for line in lines}) == 21
+        status = await trio.run_process(
+            [
+                sys.executable,
+                "-m",
+                "crawler",
+                "--redis",
+                redis_url,
+                "--crawl-id",
+                crawl_id,
+                "--status",
+            ],
+            capture_stdout=True,
+            check=False,
+        )
+        assert status.returncode == 0
+        assert "21" in status.stdout.decode()
+        usage = await trio.run_process(
+            [sys.executable, "-m", "crawler", "--redis", redis_url, server.url(0)],
+            capture_stderr=True,
+            check=False,
+        )
+        assert usage.returncode == 2 and b"--crawl-id" in usage.stderr
