@@ -342,6 +342,7 @@ class Crawl:
         sitemap: bool = False,
         front: bool = False,
         into: list[NewUrl] | None = None,
+        normalized: bool = False,
     ) -> bool:
         """Admit a URL. With a durable state it goes to the database (in the next
         commit), not to a queue; `into` collects a page's links, which are passed on
@@ -351,7 +352,7 @@ class Crawl:
         if self._store is None and self._pending >= self.config.max_queued:
             self._frontier.dropped["max_queued"] += 1
             return False
-        canonical = self._frontier.admit(url, depth)
+        canonical = self._frontier.admit(url, depth, normalized=normalized)
         if canonical is None:
             return False
         if self._store is not None:
@@ -917,10 +918,18 @@ class Crawl:
             follow = False
         elif request.sitemap and fetched is not None and error is None and status == 200:
             locs, is_index = parse_sitemap(body, config.max_bytes)
-            links = tuple(dict.fromkeys(u for u in map(normalize_url, locs) if u is not None))
+            limit = config.max_url_length
+            canonical = (normalize_url(loc, max_length=limit) for loc in locs)
+            links = tuple(dict.fromkeys(u for u in canonical if u is not None))
             follow = False
             for link in links:
-                self._add(link, request.depth + (0 if is_index else 1), sitemap=is_index, into=into)
+                self._add(
+                    link,
+                    request.depth + (0 if is_index else 1),
+                    sitemap=is_index,
+                    into=into,
+                    normalized=True,
+                )
         elif (
             fetched is not None
             and error is None
@@ -1005,7 +1014,7 @@ class Crawl:
         for link in page.links:
             if should_follow is not None and not should_follow(link, page):
                 continue
-            self._add(link, depth, into=into)
+            self._add(link, depth, into=into, normalized=True)
 
 
 def _utcnow() -> dt.datetime:

@@ -190,19 +190,24 @@ class Frontier:
         self.on_change: Callable[[Host], None] | None = None
         """Given to every Host as its `on_change` hook."""
 
-    def admit(self, url: str, depth: int, *, count: bool = True) -> str | None:
+    def admit(
+        self, url: str, depth: int, *, count: bool = True, normalized: bool = False
+    ) -> str | None:
         """Return the canonical URL if it may be crawled and was not seen; mark it seen.
 
         `count=False` admits a redirect hop, which is not a page of its own. With a
         durable state, "not seen" means "not in the cache": the database has the last
-        word (and counts max_pages)."""
+        word (and counts max_pages). `normalized`: `url` comes from parse_html or a
+        sitemap, canonical already (the hot path), so it is not normalised again."""
         config = self.config
-        canonical = normalize_url(url, max_length=config.max_url_length)
-        if canonical is None:
-            self.dropped["invalid"] += 1
-            return None
-        if canonical == url:
-            canonical = url  # links come canonical already: keep one copy of the string
+        if normalized:
+            canonical = url
+        else:
+            result = normalize_url(url, max_length=config.max_url_length)
+            if result is None:
+                self.dropped["invalid"] += 1
+                return None
+            canonical = url if result == url else result  # keep one copy of the string
         if "@" in canonical:
             canonical = strip_userinfo(canonical)
         if canonical in self.seen:
