@@ -49,9 +49,9 @@ from typing import Any, Literal
 import httpx
 import trio
 
+from ._build import LinkKind, build_page
 from ._config import CrawlConfig
-from ._fetch import Fetched, Fetcher
-from ._links import is_html, parse_html
+from ._fetch import Fetched, Fetcher, default_transport, seed_credentials
 from ._page import ErrorKind, Exchange, Page, PageError, Statistics
 from ._redis import (
     DEFAULT_LEASE,
@@ -73,7 +73,6 @@ from ._robots import (
     RobotsStatus,
     robots_from_response,
 )
-from ._sitemaps import parse_sitemap
 from ._urls import Scope, host_of, normalize_url, origin_of
 
 __all__ = [
@@ -288,7 +287,7 @@ class SharedCrawl:
         self.results = results
         self.stay_open = config.stay_open if stay_open is None else stay_open
         self._owns_transport = transport is None
-        self._transport = transport if transport is not None else _default_transport(config)
+        self._transport = transport if transport is not None else default_transport(config)
         self._fetcher = Fetcher(
             self._transport,
             user_agent=config.user_agent,
@@ -296,6 +295,7 @@ class SharedCrawl:
             max_bytes=config.max_bytes,
             keep_exchanges=config.keep_exchanges,
             prepare=config.prepare,
+            credentials=seed_credentials(config.seeds),
         )
         self._scope = Scope(config.scope, config.seeds)
         self._scope_version = -1
@@ -781,55 +781,25 @@ class SharedCrawl:
         """Build the page (as the engine does), hand it over, complete the lease."""
         config = self.config
         claim = job.claim
-        error = error or job.error
-        title: str | None = None
-        links: tuple[str, ...] = ()
-        headers = fetched.headers if fetched is not None else httpx.Headers()
-        content_type = headers.get("content-type")
-        status = fetched.status if fetched is not None else None
-        body = fetched.body if fetched is not None else b""
         admitted = _Admitted()
-        if job.redirect_target is not None:
-            links = (job.redirect_target,)
-        elif job.sitemap and fetched is not None and error is None and status == 200:
-            locs, is_index = parse_sitemap(body, config.max_bytes)
-            links = tuple(dict.fromkeys(u for u in map(normalize_url, locs) if u is not None))
-            depth = job.depth + (0 if is_index else 1)
-            self._admit(links, depth, admitted, sitemap=is_index)
-        elif (
-            fetched is not None
-            and error is None
-            and status is not None
-            and 200 <= status < 300
-            and is_html(content_type)
-        ):
-            parsed = parse_html(
-                body,
-                job.url,
-                content_type,
-                max_links=config.max_links_per_page,
-                max_url_length=config.max_url_length,
-            )
-            title = parsed.title
-            links = parsed.links
-        exchanges = [*self._robots_exchanges.pop(claim.origin, ()), *job.exchanges]
-        page = Page(
-            url=job.first_url,
-            final_url=job.url,
-            status=status,
+        page, kind = build_page(
+            config,
+            first_url=job.first_url,
+            url=job.url,
             depth=job.depth,
-            headers=headers,
-            content_type=content_type,
-            title=title,
-            links=links,
-            body=body,
-            elapsed=fetched.elapsed if fetched is not None else 0.0,
-            fetched_at=fetched.started_at if fetched is not None else _utcnow(),
-            error=error,
-            exchanges=tuple(exchanges),
+            fetched=fetched,
+            error=error or job.error,
+            redirect_target=job.redirect_target,
+            sitemap=job.sitemap,
+            exchanges=[*self._robots_exchanges.pop(claim.origin, ()), *job.exchanges],
         )
-        if links and job.redirect_target is None and not job.sitemap:
-            self._admit_links(page, admitted)
+        error, body = page.error, page.body
+        if kind is LinkKind.PAGE:
+            if page.links:
+                self._admit_links(page, admitted)
+        elif kind is not LinkKind.NONE:
+            index = kind is LinkKind.SITEMAP_INDEX
+            self._admit(page.links, job.depth + (0 if index else 1), admitted, sitemap=index)
         op: dict[str, Any] = {
             "k": "done",
             "l": claim.lease,
@@ -931,21 +901,6 @@ class SharedCrawl:
         if should_follow is not None:
             links = tuple(link for link in links if should_follow(link, page))
         self._admit(links, depth, admitted)
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _default_transport(config: CrawlConfig) -> httpx.AsyncBaseTransport:
-    from ._transport import TrioTransport
-
-    most_per_host = max([config.per_host, *(h.per_host or 0 for h in config.hosts.values())])
-    return TrioTransport(
-        max_connections_per_origin=most_per_host,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-    )
 
 
 def default_worker_id() -> str:

@@ -10,7 +10,6 @@ retry or redirect hop) and send pages to the consumer over a bounded channel.
 
 from __future__ import annotations
 
-import datetime as dt
 import inspect
 import math
 import random
@@ -23,11 +22,10 @@ from contextlib import asynccontextmanager
 import httpx
 import trio
 
+from ._build import LinkKind, build_page
 from ._config import CrawlConfig, HostLimits, _check_number
-from ._fetch import Fetched, Fetcher, seed_credentials
+from ._fetch import Fetched, Fetcher, default_transport, seed_credentials
 from ._frontier import Frontier, Host, Request
-from ._guard import AddressGuard
-from ._links import is_html, parse_html
 from ._page import ErrorKind, HostStatistics, Page, PageError, Statistics
 from ._retry import (
     RETRY_ERRORS,
@@ -36,9 +34,8 @@ from ._retry import (
     retry_delay,
 )
 from ._robots import ROBOTS_MAX_BYTES, Robots, RobotsStatus, robots_from_response
-from ._sitemaps import parse_sitemap
 from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
-from ._urls import host_of, normalize_url, origin_of
+from ._urls import normalize_url, origin_of
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 ROBOTS_REDIRECTS = 5
@@ -83,7 +80,7 @@ class Crawl:
                 " pass a transport that refuses private addresses instead"
             )
         self._owns_transport = transport is None
-        self._transport = transport if transport is not None else _default_transport(config)
+        self._transport = transport if transport is not None else default_transport(config)
         self._fetcher = Fetcher(
             self._transport,
             user_agent=config.user_agent,
@@ -903,66 +900,26 @@ class Crawl:
         self, request: Request, host: Host, fetched: Fetched | None, error: PageError | None
     ) -> None:
         """Build the page, queue its links, hand it to the consumer."""
-        config = self.config
-        error = error or request.error
-        title: str | None = None
-        links: tuple[str, ...] = ()
         into: list[NewUrl] | None = [] if self._store is not None else None
-        headers = fetched.headers if fetched is not None else httpx.Headers()
-        content_type = headers.get("content-type")
-        status = fetched.status if fetched is not None else None
-        body = fetched.body if fetched is not None else b""
-        follow = True
-        if request.redirect_target is not None:
-            links = (request.redirect_target,)
-            follow = False
-        elif request.sitemap and fetched is not None and error is None and status == 200:
-            locs, is_index = parse_sitemap(body, config.max_bytes)
-            limit = config.max_url_length
-            canonical = (normalize_url(loc, max_length=limit) for loc in locs)
-            links = tuple(dict.fromkeys(u for u in canonical if u is not None))
-            follow = False
-            for link in links:
-                self._add(
-                    link,
-                    request.depth + (0 if is_index else 1),
-                    sitemap=is_index,
-                    into=into,
-                    normalized=True,
-                )
-        elif (
-            fetched is not None
-            and error is None
-            and status is not None
-            and 200 <= status < 300
-            and is_html(content_type)
-        ):
-            parsed = parse_html(
-                body,
-                request.url,
-                content_type,
-                max_links=config.max_links_per_page,
-                max_url_length=config.max_url_length,
-            )
-            title = parsed.title
-            links = parsed.links
-        page = Page(
-            url=request.first_url,
-            final_url=request.url,
-            status=status,
+        page, kind = build_page(
+            self.config,
+            first_url=request.first_url,
+            url=request.url,
             depth=request.depth,
-            headers=headers,
-            content_type=content_type,
-            title=title,
-            links=links,
-            body=body,
-            elapsed=fetched.elapsed if fetched is not None else 0.0,
-            fetched_at=fetched.started_at if fetched is not None else _utcnow(),
-            error=error,
-            exchanges=tuple(request.exchanges),
+            fetched=fetched,
+            error=error or request.error,
+            redirect_target=request.redirect_target,
+            sitemap=request.sitemap,
+            exchanges=request.exchanges,
         )
-        if links and follow:
+        error, body = page.error, page.body
+        if kind is LinkKind.PAGE:
             self._add_links(page, into)
+        elif kind is not LinkKind.NONE:
+            index = kind is LinkKind.SITEMAP_INDEX
+            for link in page.links:
+                depth = request.depth + (0 if index else 1)
+                self._add(link, depth, sitemap=index, into=into, normalized=True)
         self._pages += 1
         self._bytes += len(body)
         host.bytes += len(body)
@@ -1015,25 +972,6 @@ class Crawl:
             if should_follow is not None and not should_follow(link, page):
                 continue
             self._add(link, depth, into=into, normalized=True)
-
-
-def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
-
-
-def _default_transport(config: CrawlConfig) -> httpx.AsyncBaseTransport:
-    from ._transport import TrioTransport
-
-    most_per_host = max([config.per_host, *(h.per_host or 0 for h in config.hosts.values())])
-    guard = AddressGuard(host_of(seed) for seed in config.seeds) if config.block_private else None
-    return TrioTransport(
-        max_connections_per_origin=most_per_host,
-        connect_timeout=config.connect_timeout,
-        read_timeout=config.read_timeout,
-        max_header_bytes=config.max_header_bytes,
-        max_headers=config.max_headers,
-        connect=guard,
-    )
 
 
 @asynccontextmanager

@@ -10,10 +10,11 @@ from dataclasses import dataclass
 import httpx
 import trio
 
+from ._config import CrawlConfig
 from ._decode import BodyDecoder, DecodingError
-from ._guard import BlockedAddressError
+from ._guard import AddressGuard, BlockedAddressError
 from ._page import ErrorKind, Exchange, PageError
-from ._urls import normalize_url, origin_of
+from ._urls import host_of, normalize_url, origin_of
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,22 @@ class Fetcher:
             exchange=exchange,
             truncated=truncated,
         )
+
+
+def default_transport(config: CrawlConfig) -> httpx.AsyncBaseTransport:
+    """The lean trio + h11 transport, sized and guarded as `config` says."""
+    from ._transport import TrioTransport
+
+    most_per_host = max([config.per_host, *(h.per_host or 0 for h in config.hosts.values())])
+    guard = AddressGuard(host_of(seed) for seed in config.seeds) if config.block_private else None
+    return TrioTransport(
+        max_connections_per_origin=most_per_host,
+        connect_timeout=config.connect_timeout,
+        read_timeout=config.read_timeout,
+        max_header_bytes=config.max_header_bytes,
+        max_headers=config.max_headers,
+        connect=guard,
+    )
 
 
 def seed_credentials(seeds: Iterable[str]) -> dict[str, str]:
