@@ -51,7 +51,7 @@ import trio
 
 from ._build import LinkKind, build_page
 from ._config import CrawlConfig
-from ._fetch import Fetched, Fetcher, default_transport, seed_credentials
+from ._fetch import REDIRECT_STATUSES, Fetched, Fetcher, default_transport, seed_credentials
 from ._page import ErrorKind, Exchange, Page, PageError, Statistics
 from ._redis import (
     DEFAULT_LEASE,
@@ -95,8 +95,6 @@ CLAIM_BATCH_DIVISOR = 8
 CLAIM_BATCH_WAIT = 0.01
 """With requests under way, the claimer waits up to this long for concurrency/8 free slots,
 so that one claim round trip serves several requests."""
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-ROBOTS_REDIRECTS = 5
 RELEASE_TIMEOUT = 5.0
 TRANSPORT_CLOSE_TIMEOUT = 5.0
 
@@ -552,7 +550,7 @@ class SharedCrawl:
     async def _robots_job(self, claim: Claim) -> None:
         config = self.config
         origin = claim.origin
-        fetched = await self._fetch_following(f"{origin}/robots.txt")
+        fetched = await self._fetcher.fetch_robots(origin)
         if fetched.exchange is not None:
             self._robots_exchanges.setdefault(origin, []).append(fetched.exchange)
         status = None if fetched.error else fetched.status
@@ -574,19 +572,6 @@ class SharedCrawl:
                 self._admit(sitemaps, 0, admitted, sitemap=True)
                 admitted.into(op)
         await self._finish(claim.lease, op)
-
-    async def _fetch_following(self, url: str) -> Fetched:
-        fetched = await self._fetcher.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
-        for _ in range(ROBOTS_REDIRECTS):
-            location = fetched.headers.get("location")
-            if fetched.status not in REDIRECT_STATUSES or location is None:
-                break
-            target = normalize_url(location, url)
-            if target is None:
-                break
-            url = target
-            fetched = await self._fetcher.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
-        return fetched
 
     async def _robots_for(self, origin: str, version: int) -> Robots:
         """The origin's robots.txt at `version` (0: never fetched, robots ignored)."""

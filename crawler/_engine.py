@@ -24,7 +24,7 @@ import trio
 
 from ._build import LinkKind, build_page
 from ._config import CrawlConfig, HostLimits, _check_number
-from ._fetch import Fetched, Fetcher, default_transport, seed_credentials
+from ._fetch import REDIRECT_STATUSES, Fetched, Fetcher, default_transport, seed_credentials
 from ._frontier import Frontier, Host, Request
 from ._page import ErrorKind, HostStatistics, Page, PageError, Statistics
 from ._retry import (
@@ -33,12 +33,10 @@ from ._retry import (
     parse_retry_after,
     retry_delay,
 )
-from ._robots import ROBOTS_MAX_BYTES, Robots, RobotsStatus, robots_from_response
+from ._robots import Robots, RobotsStatus, robots_from_response
 from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
 from ._urls import normalize_url, origin_of
 
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-ROBOTS_REDIRECTS = 5
 TRANSPORT_CLOSE_TIMEOUT = 5.0
 # epoll rounds sleeps up to the millisecond: a dispatcher that wakes this late is
 # accounted at its slot, or each request would lose ~1 ms of the host's rate.
@@ -513,7 +511,7 @@ class Crawl:
                 try:
                     await self._take_slot(host, token)
                     try:
-                        fetched = await self._fetch_following(f"{host.origin}/robots.txt")
+                        fetched = await self._fetcher.fetch_robots(host.origin)
                     finally:
                         self._global.release_on_behalf_of(token)
                 finally:
@@ -538,19 +536,6 @@ class Crawl:
         host.robots_delay = host.robots.interval(self.config.user_agent)
         host.apply_limits()
         host.notify()
-
-    async def _fetch_following(self, url: str) -> Fetched:
-        fetched = await self._fetcher.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
-        for _ in range(ROBOTS_REDIRECTS):
-            location = fetched.headers.get("location")
-            if fetched.status not in REDIRECT_STATUSES or location is None:
-                break
-            target = normalize_url(location, url)
-            if target is None:
-                break
-            url = target
-            fetched = await self._fetcher.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
-        return fetched
 
     # -- durable state: loading, refilling, committing ---------------------------------
 

@@ -14,6 +14,7 @@ from ._config import CrawlConfig
 from ._decode import BodyDecoder, DecodingError
 from ._guard import AddressGuard, BlockedAddressError
 from ._page import ErrorKind, Exchange, PageError
+from ._robots import ROBOTS_MAX_BYTES
 from ._urls import host_of, normalize_url, origin_of
 
 
@@ -31,6 +32,11 @@ class Fetched:
     error: PageError | None
     exchange: Exchange | None
     truncated: bool = False
+
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+# RFC 9309 2.3.1.2: follow at least five consecutive redirects for robots.txt.
+ROBOTS_REDIRECTS = 5
 
 
 class Fetcher:
@@ -171,6 +177,21 @@ class Fetcher:
             exchange=exchange,
             truncated=truncated,
         )
+
+    async def fetch_robots(self, origin: str) -> Fetched:
+        """GET ``origin/robots.txt``, following redirects, cut at 500 KiB."""
+        url = f"{origin}/robots.txt"
+        fetched = await self.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
+        for _ in range(ROBOTS_REDIRECTS):
+            location = fetched.headers.get("location")
+            if fetched.status not in REDIRECT_STATUSES or location is None:
+                break
+            target = normalize_url(location, url)
+            if target is None:
+                break
+            url = target
+            fetched = await self.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
+        return fetched
 
 
 def default_transport(config: CrawlConfig) -> httpx.AsyncBaseTransport:
