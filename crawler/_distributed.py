@@ -51,7 +51,7 @@ import trio
 
 from ._build import LinkKind, build_page
 from ._config import CrawlConfig
-from ._fetch import REDIRECT_STATUSES, Fetched, Fetcher, default_transport, seed_credentials
+from ._fetch import REDIRECT_STATUSES, Fetched, Fetcher
 from ._page import ErrorKind, Exchange, Page, PageError, Statistics
 from ._redis import (
     DEFAULT_LEASE,
@@ -96,7 +96,6 @@ CLAIM_BATCH_WAIT = 0.01
 """With requests under way, the claimer waits up to this long for concurrency/8 free slots,
 so that one claim round trip serves several requests."""
 RELEASE_TIMEOUT = 5.0
-TRANSPORT_CLOSE_TIMEOUT = 5.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -284,17 +283,7 @@ class SharedCrawl:
         self.worker_id = frontier.worker_id
         self.results = results
         self.stay_open = config.stay_open if stay_open is None else stay_open
-        self._owns_transport = transport is None
-        self._transport = transport if transport is not None else default_transport(config)
-        self._fetcher = Fetcher(
-            self._transport,
-            user_agent=config.user_agent,
-            timeout=config.timeout,
-            max_bytes=config.max_bytes,
-            keep_exchanges=config.keep_exchanges,
-            prepare=config.prepare,
-            credentials=seed_credentials(config.seeds),
-        )
+        self._fetcher = Fetcher.for_config(config, transport)
         self._scope = Scope(config.scope, config.seeds)
         self._scope_version = -1
         self._include = [re.compile(p) for p in config.include]
@@ -401,12 +390,7 @@ class SharedCrawl:
             with trio.CancelScope(shield=True):
                 with trio.move_on_after(RELEASE_TIMEOUT):
                     await self._release_all()
-                await self._close_transport()
-
-    async def _close_transport(self) -> None:
-        if self._owns_transport:
-            with trio.CancelScope(shield=True), trio.move_on_after(TRANSPORT_CLOSE_TIMEOUT):
-                await self._transport.aclose()
+                await self._fetcher.aclose()
 
     async def _join(self) -> None:
         config = self.config
@@ -949,7 +933,7 @@ async def open_shared_crawl(
         try:
             await crawl._join()
         except BaseException:
-            await crawl._close_transport()
+            await crawl._fetcher.aclose()
             raise
         raised: BaseException | None = None
         async with trio.open_nursery() as nursery:

@@ -24,7 +24,7 @@ import trio
 
 from ._build import LinkKind, build_page
 from ._config import CrawlConfig, HostLimits, _check_number
-from ._fetch import REDIRECT_STATUSES, Fetched, Fetcher, default_transport, seed_credentials
+from ._fetch import REDIRECT_STATUSES, Fetched, Fetcher
 from ._frontier import Frontier, Host, Request
 from ._page import ErrorKind, HostStatistics, Page, PageError, Statistics
 from ._retry import (
@@ -37,7 +37,6 @@ from ._robots import Robots, RobotsStatus, robots_from_response
 from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
 from ._urls import normalize_url, origin_of
 
-TRANSPORT_CLOSE_TIMEOUT = 5.0
 # epoll rounds sleeps up to the millisecond: a dispatcher that wakes this late is
 # accounted at its slot, or each request would lose ~1 ms of the host's rate.
 TIMER_SLACK = 0.002
@@ -72,22 +71,7 @@ class Crawl:
         if store is None and config.state is not None:
             store = StateStore(config.state, config)
         self._store = store
-        if transport is not None and config.block_private:
-            raise ValueError(
-                "block_private is enforced by the default transport at connect time;"
-                " pass a transport that refuses private addresses instead"
-            )
-        self._owns_transport = transport is None
-        self._transport = transport if transport is not None else default_transport(config)
-        self._fetcher = Fetcher(
-            self._transport,
-            user_agent=config.user_agent,
-            timeout=config.timeout,
-            max_bytes=config.max_bytes,
-            keep_exchanges=config.keep_exchanges,
-            prepare=config.prepare,
-            credentials=seed_credentials(config.seeds),
-        )
+        self._fetcher = Fetcher.for_config(config, transport)
         self._frontier = Frontier(config, seen_cache=SEEN_CACHE if store is not None else None)
         self._global = trio.CapacityLimiter(config.concurrency)
         self._requests_send, self._requests_recv = trio.open_memory_channel[Request](0)
@@ -321,9 +305,7 @@ class Crawl:
             self._ended = trio.current_time()
             self._requests_recv.close()
             self._results_send.close()
-            if self._owns_transport:
-                with trio.move_on_after(TRANSPORT_CLOSE_TIMEOUT, shield=True):
-                    await self._transport.aclose()
+            await self._fetcher.aclose()
 
     def _start_worker(self, workers: trio.Nursery) -> None:
         self._worker_count += 1

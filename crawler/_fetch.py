@@ -35,6 +35,7 @@ class Fetched:
 
 
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+TRANSPORT_CLOSE_TIMEOUT = 5.0
 # RFC 9309 2.3.1.2: follow at least five consecutive redirects for robots.txt.
 ROBOTS_REDIRECTS = 5
 
@@ -52,8 +53,10 @@ class Fetcher:
         keep_exchanges: bool,
         prepare: Callable[[httpx.Request], httpx.Request] | None = None,
         credentials: Mapping[str, str] | None = None,
+        owns_transport: bool = False,
     ) -> None:
         self.transport = transport
+        self.owns_transport = owns_transport
         self.prepare = prepare
         # Authorization header per origin, from credentials in the seeds' URLs: sent
         # to that origin only, never across a redirect or link to another.
@@ -177,6 +180,33 @@ class Fetcher:
             exchange=exchange,
             truncated=truncated,
         )
+
+    @classmethod
+    def for_config(
+        cls, config: CrawlConfig, transport: httpx.AsyncBaseTransport | None = None
+    ) -> Fetcher:
+        """The crawl's fetcher: `transport`, or the default one, which it then owns."""
+        if transport is not None and config.block_private:
+            raise ValueError(
+                "block_private is enforced by the default transport at connect time;"
+                " pass a transport that refuses private addresses instead"
+            )
+        return cls(
+            transport if transport is not None else default_transport(config),
+            owns_transport=transport is None,
+            user_agent=config.user_agent,
+            timeout=config.timeout,
+            max_bytes=config.max_bytes,
+            keep_exchanges=config.keep_exchanges,
+            prepare=config.prepare,
+            credentials=seed_credentials(config.seeds),
+        )
+
+    async def aclose(self) -> None:
+        """Close the transport if this fetcher made it; never cancelled, never stuck."""
+        if self.owns_transport:
+            with trio.CancelScope(shield=True), trio.move_on_after(TRANSPORT_CLOSE_TIMEOUT):
+                await self.transport.aclose()
 
     async def fetch_robots(self, origin: str) -> Fetched:
         """GET ``origin/robots.txt``, following redirects, cut at 500 KiB."""
