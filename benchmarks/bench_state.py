@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import http.server
+import importlib.util
 import json
 import os
 import shutil
@@ -38,6 +39,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Final
 
 HERE: Final = Path(__file__).resolve().parent
@@ -159,71 +161,14 @@ def count_lines(path: Path) -> int:
 # 1. Throughput
 
 
-NGINX_CONF: Final = """\
-{user}
-worker_processes 1;
-daemon off;
-master_process on;
-pid {work}/nginx.pid;
-error_log {work}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    sendfile on;
-    tcp_nodelay on;
-    keepalive_timeout 60s;
-    keepalive_requests 100000;
-    client_body_temp_path {work}/client_body;
-    proxy_temp_path {work}/proxy;
-    fastcgi_temp_path {work}/fastcgi;
-    uwsgi_temp_path {work}/uwsgi;
-    scgi_temp_path {work}/scgi;
-    types {{ text/html html; text/plain txt; }}
-    default_type application/octet-stream;
-    server {{
-        listen 127.0.0.1:{port} backlog=4096;
-        root {root};
-        index index.html;
-    }}
-}}
-"""
-
-
-def find_nginx() -> str | None:
-    found = shutil.which("nginx")
-    if found:
-        return found
-    return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
-
-
-@contextmanager
-def static_server(root: Path) -> Iterator[tuple[str, str]]:
-    port = free_port()
-    nginx = find_nginx()
-    work = WORK / "nginx"
-    if nginx:
-        shutil.rmtree(work, ignore_errors=True)
-        work.mkdir(parents=True)
-        conf = work / "nginx.conf"
-        user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(NGINX_CONF.format(user=user, work=work, port=port, root=root))
-        cmd = [nginx, "-p", str(work), "-e", str(work / "error.log"), "-c", str(conf)]
-        what = "nginx"
-    else:
-        cmd = [PY, str(HERE / "site.py"), "serve", str(root), "--port", str(port)]
-        what = "benchmarks/site.py serve (nginx not found)"
-    with open(WORK / "server.stderr", "wb") as err:
-        proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=err, stderr=err)
-    try:
-        wait_for_port(port, proc)
-        yield f"http://127.0.0.1:{port}/", what
-    finally:
-        proc.send_signal(signal.SIGQUIT if nginx else signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+def _suite() -> ModuleType:
+    """benchmarks/run.py, for its site server (nginx, or the Python fallback)."""
+    spec = importlib.util.spec_from_file_location("bench_run", HERE / "run.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look themselves up there
+    spec.loader.exec_module(module)
+    return module
 
 
 def throughput(pages: int, rounds: int, warc: bool) -> dict[str, Any]:
@@ -237,7 +182,7 @@ def throughput(pages: int, rounds: int, warc: bool) -> dict[str, Any]:
     )
     root = Path(json.loads(made.stdout)["dir"])
     runs: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
-    with static_server(root) as (base, server):
+    with _suite().site_server(root) as (base, server):
         log(f"throughput: {pages:,}-page site at {base} ({server}), {rounds} round(s)")
         for round_ in range(rounds):
             for mode in ("without", "with"):
