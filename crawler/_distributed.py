@@ -73,7 +73,7 @@ from ._robots import (
     RobotsStatus,
     robots_from_response,
 )
-from ._urls import Scope, host_of, normalize_url, origin_of
+from ._urls import Scope, host_of, normalize_url, origin_of, strip_userinfo
 
 __all__ = [
     "SharedCrawl",
@@ -844,6 +844,8 @@ class SharedCrawl:
             if canonical is None:
                 admitted.drops["invalid"] += 1
                 continue
+            if "@" in canonical:
+                canonical = strip_userinfo(canonical)  # credentials go to no URL
             refusal = self._refusal(canonical, depth)
             if refusal is not None:
                 admitted.drops[refusal] += 1
