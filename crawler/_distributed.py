@@ -51,7 +51,7 @@ import trio
 
 from ._build import LinkKind, build_page
 from ._config import CrawlConfig
-from ._fetch import REDIRECT_STATUSES, Fetched, Fetcher
+from ._fetch import Fetched, Fetcher
 from ._page import ErrorKind, Exchange, Page, PageError, Statistics
 from ._redis import (
     DEFAULT_LEASE,
@@ -64,7 +64,7 @@ from ._redis import (
     format_status,
     open_redis,
 )
-from ._retry import RETRY_ERRORS, RETRY_STATUSES, parse_retry_after, retry_delay
+from ._retry import Action, judge, retry_delay
 from ._robots import (
     ROBOTS_MAX_BYTES,
     ROBOTS_RETRY,
@@ -604,46 +604,20 @@ class SharedCrawl:
 
     async def _settle(self, job: _Job, fetched: Fetched) -> None:
         """Turn one fetch into a page, a retry or a redirect hop (as the engine does)."""
-        config = self.config
         if fetched.exchange is not None:
             job.exchanges.append(fetched.exchange)
-        status = fetched.status
-        kind = fetched.error.kind if fetched.error is not None else None
-        overloaded = False
-        pause: float | None = None
-        health: str | None = None
-        if status in (429, 503):
-            retry_after = parse_retry_after(fetched.headers.get("retry-after"))
-            if retry_after is not None:
-                if retry_after > config.max_retry_after:
-                    too_long = PageError(
-                        ErrorKind.RETRY_AFTER_TOO_LONG,
-                        f"HTTP {status} asked to wait {retry_after:g} s, over max_retry_after="
-                        f"{config.max_retry_after:g} s",
-                    )
-                    await self._deliver(job, fetched, too_long)
-                    return
-                pause = retry_after
-                if job.attempt < config.retries:
-                    await self._retry(job, pause=pause)
-                    return
-            else:
-                overloaded = True
-        if overloaded or kind in (ErrorKind.TIMEOUT, ErrorKind.CONNECT):
-            health = "slow"
-        elif status is not None:
-            health = "ok"
-        if (status in RETRY_STATUSES or kind in RETRY_ERRORS) and job.attempt < config.retries:
-            delay = retry_delay(job.attempt, self._rng)
-            await self._retry(job, delay=delay, health=health)
+        verdict = judge(fetched, job.attempt, self.config)
+        pause, health = verdict.pause, verdict.health
+        if verdict.action is Action.RETRY_NOW:
+            await self._retry(job, pause=pause)
+        elif verdict.action is Action.RETRY_LATER:
+            await self._retry(job, delay=retry_delay(job.attempt, self._rng), health=health)
+        elif verdict.action is Action.REDIRECT and await self._follow_redirect(
+            job, fetched, pause, health
+        ):
             return
-        redirect = status in REDIRECT_STATUSES and fetched.error is None
-        if redirect and await self._follow_redirect(job, fetched, pause, health):
-            return
-        error = fetched.error
-        if error is None and status in RETRY_STATUSES:
-            error = PageError(ErrorKind.HTTP, f"HTTP {status} after {job.attempt + 1} attempt(s)")
-        await self._deliver(job, fetched, error, pause=pause, health=health)
+        else:
+            await self._deliver(job, fetched, verdict.error, pause=pause, health=health)
 
     def _politeness(
         self, op: dict[str, Any], job: _Job, pause: float | None, health: str | None

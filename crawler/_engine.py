@@ -24,15 +24,10 @@ import trio
 
 from ._build import LinkKind, build_page
 from ._config import CrawlConfig, HostLimits, _check_number
-from ._fetch import REDIRECT_STATUSES, Fetched, Fetcher
+from ._fetch import Fetched, Fetcher
 from ._frontier import Frontier, Host, Request
 from ._page import ErrorKind, HostStatistics, Page, PageError, Statistics
-from ._retry import (
-    RETRY_ERRORS,
-    RETRY_STATUSES,
-    parse_retry_after,
-    retry_delay,
-)
+from ._retry import Action, judge, retry_delay
 from ._robots import Robots, RobotsStatus, robots_from_response
 from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
 from ._urls import normalize_url, origin_of
@@ -761,37 +756,22 @@ class Crawl:
 
     async def _settle(self, request: Request, host: Host, fetched: Fetched) -> None:
         """Turn one fetch into a page, a retry or a redirect hop, and adjust politeness."""
-        config = self.config
         if fetched.exchange is not None:
             request.exchanges.append(fetched.exchange)
-        status = fetched.status
-        kind = fetched.error.kind if fetched.error is not None else None
+        verdict = judge(fetched, request.attempt, self.config)
         now = trio.current_time()
-        overloaded = False
-        if status in (429, 503):
-            pause = parse_retry_after(fetched.headers.get("retry-after"))
-            if pause is not None:
-                if pause > config.max_retry_after:
-                    too_long = PageError(
-                        ErrorKind.RETRY_AFTER_TOO_LONG,
-                        f"HTTP {status} asked to wait {pause:g} s, over max_retry_after="
-                        f"{config.max_retry_after:g} s",
-                    )
-                    await self._deliver(request, host, fetched, too_long)
-                    return
-                host.pause_until(now + pause)
-                if request.attempt < config.retries:
-                    request.attempt += 1
-                    self._note_attempt(request)
-                    self._enqueue(request, front=True)
-                    return
-            else:
-                overloaded = True
-        if overloaded or kind in (ErrorKind.TIMEOUT, ErrorKind.CONNECT):
+        if verdict.pause is not None:
+            host.pause_until(now + verdict.pause)
+        if verdict.health == "slow":
             host.slow_down(now - fetched.elapsed, now)
-        elif status is not None:
+        elif verdict.health == "ok":
             host.recover()
-        if (status in RETRY_STATUSES or kind in RETRY_ERRORS) and request.attempt < config.retries:
+        if verdict.action is Action.RETRY_NOW:
+            request.attempt += 1
+            self._note_attempt(request)
+            self._enqueue(request, front=True)
+            return
+        if verdict.action is Action.RETRY_LATER:
             delay = retry_delay(request.attempt, self._rng)
             request.attempt += 1
             self._note_attempt(request)
@@ -800,15 +780,9 @@ class Crawl:
             else:
                 self._dispatch.start_soon(self._retry_later, request, host, delay)
             return
-        redirect = status in REDIRECT_STATUSES and fetched.error is None
-        if redirect and await self._follow_redirect(request, fetched):
+        if verdict.action is Action.REDIRECT and await self._follow_redirect(request, fetched):
             return
-        error = fetched.error
-        if error is None and status in RETRY_STATUSES:
-            error = PageError(
-                ErrorKind.HTTP, f"HTTP {status} after {request.attempt + 1} attempt(s)"
-            )
-        await self._deliver(request, host, fetched, error)
+        await self._deliver(request, host, fetched, verdict.error)
 
     async def _retry_later(self, request: Request, host: Host, delay: float) -> None:
         host.waiting += 1

@@ -14,6 +14,7 @@ from ._config import CrawlConfig
 from ._decode import BodyDecoder, DecodingError
 from ._guard import AddressGuard, BlockedAddressError
 from ._page import ErrorKind, Exchange, PageError
+from ._retry import REDIRECT_STATUSES
 from ._robots import ROBOTS_MAX_BYTES
 from ._urls import host_of, normalize_url, origin_of
 
@@ -34,7 +35,6 @@ class Fetched:
     truncated: bool = False
 
 
-REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 TRANSPORT_CLOSE_TIMEOUT = 5.0
 # RFC 9309 2.3.1.2: follow at least five consecutive redirects for robots.txt.
 ROBOTS_REDIRECTS = 5

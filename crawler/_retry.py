@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import email.utils
+import enum
 import math
 import random
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
-from ._page import ErrorKind
+from ._page import ErrorKind, PageError
+
+if TYPE_CHECKING:
+    from ._config import CrawlConfig
+    from ._fetch import Fetched
+
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 
 RETRY_STATUSES = frozenset({408, 429, 500, 502, 503, 504})
 RETRY_ERRORS = frozenset({ErrorKind.TIMEOUT, ErrorKind.CONNECT, ErrorKind.RESET})
@@ -54,3 +63,63 @@ def decay_backoff(current: float, interval: float) -> float:
     """The host's next adaptive interval after a healthy response (0 = back to normal)."""
     halved = current / 2.0
     return 0.0 if halved <= max(interval, BACKOFF_FLOOR / 2.0) else halved
+
+
+class Action(enum.Enum):
+    """What to do with one fetch's outcome."""
+
+    DELIVER = "deliver"
+    RETRY_NOW = "retry_now"
+    """Retry as soon as the host's Retry-After pause allows."""
+    RETRY_LATER = "retry_later"
+    """Retry after a jittered backoff (retry_delay)."""
+    REDIRECT = "redirect"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """The decision for one fetch, and what it says about the host's health."""
+
+    action: Action
+    error: PageError | None = None
+    """For DELIVER: the page's error."""
+    pause: float | None = None
+    """A Retry-After pause (seconds) the host must observe from now."""
+    health: Literal["slow", "ok"] | None = None
+    """"slow": a sign of overload (grow the backoff); "ok": a healthy answer (decay it)."""
+
+
+def judge(fetched: Fetched, attempt: int, config: CrawlConfig) -> Verdict:
+    """Retry-After, backoff, retry and redirect policy for one fetch (no side effects);
+    the single-process engine and shared-crawl workers both apply it."""
+    status = fetched.status
+    kind = fetched.error.kind if fetched.error is not None else None
+    pause: float | None = None
+    overloaded = False
+    if status in (429, 503):
+        pause = parse_retry_after(fetched.headers.get("retry-after"))
+        if pause is not None:
+            if pause > config.max_retry_after:
+                too_long = PageError(
+                    ErrorKind.RETRY_AFTER_TOO_LONG,
+                    f"HTTP {status} asked to wait {pause:g} s, over max_retry_after="
+                    f"{config.max_retry_after:g} s",
+                )
+                return Verdict(Action.DELIVER, error=too_long)
+            if attempt < config.retries:
+                return Verdict(Action.RETRY_NOW, pause=pause)
+        else:
+            overloaded = True
+    health: Literal["slow", "ok"] | None = None
+    if overloaded or kind in (ErrorKind.TIMEOUT, ErrorKind.CONNECT):
+        health = "slow"
+    elif status is not None:
+        health = "ok"
+    if (status in RETRY_STATUSES or kind in RETRY_ERRORS) and attempt < config.retries:
+        return Verdict(Action.RETRY_LATER, pause=pause, health=health)
+    if status in REDIRECT_STATUSES and fetched.error is None:
+        return Verdict(Action.REDIRECT, pause=pause, health=health)
+    error = fetched.error
+    if error is None and status in RETRY_STATUSES:
+        error = PageError(ErrorKind.HTTP, f"HTTP {status} after {attempt + 1} attempt(s)")
+    return Verdict(Action.DELIVER, error=error, pause=pause, health=health)
