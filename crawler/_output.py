@@ -240,7 +240,48 @@ def _stdout_sink() -> _Sink:
     return _Sink("-", write, binary.flush)
 
 
-class JsonLinesWriter:
+class _Writer:
+    """What both writers share: a path, a resume offset, a lock that orders writes and
+    close, the byte position after the last write, and async-context-manager use."""
+
+    def __init__(self, path: PathArg, resume_at: int | None) -> None:
+        self.path = os.fspath(path)
+        self._resume_at = resume_at
+        self._lock = trio.Lock()
+        self._position = resume_at or 0
+        self._closed = False
+
+    @property
+    def position(self) -> int:
+        """Bytes in the file after the last write (for stdout: bytes written)."""
+        return self._position
+
+    async def open(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        await self.open()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """`close()` off the event loop, after any write in progress; immune to cancellation."""
+        with trio.CancelScope(shield=True):
+            async with self._lock:
+                await trio.to_thread.run_sync(self.close)
+
+
+class JsonLinesWriter(_Writer):
     """Write pages as JSON Lines to a file, or to stdout when the path is ``"-"``.
 
     Each line is written whole, with one write call, and reaches the OS before
@@ -254,21 +295,12 @@ class JsonLinesWriter:
     """
 
     def __init__(self, path: PathArg = "-", *, resume_at: int | None = None) -> None:
-        self.path = os.fspath(path)
+        super().__init__(path, resume_at)
         if resume_at is not None and self.path == "-":
             raise ValueError("stdout cannot be resumed")
-        self._resume_at = resume_at
         self._sink: _Sink | None = None
         self._pending: list[bytes] = []
-        self._lock = trio.Lock()
         self._lines = 0
-        self._position = resume_at or 0
-        self._closed = False
-
-    @property
-    def position(self) -> int:
-        """Bytes in the file after the last line written (for stdout: bytes written)."""
-        return self._position
 
     @property
     def lines(self) -> int:
@@ -288,18 +320,6 @@ class JsonLinesWriter:
             )
         except OSError as exc:
             raise OutputError(self.path, _reason(exc)) from None
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def write(self, page: Page) -> None:
         """Append one line for `page`; return when it (and any line queued before it) is written."""
@@ -350,12 +370,6 @@ class JsonLinesWriter:
                 sink.close()
             except OSError as exc:
                 raise OutputError(self.path, _reason(exc)) from None
-
-    async def aclose(self) -> None:
-        """`close()` off the event loop, after any write in progress; immune to cancellation."""
-        with trio.CancelScope(shield=True):
-            async with self._lock:
-                await trio.to_thread.run_sync(self.close)
 
 
 # ---------------------------------------------------------------------------
@@ -443,7 +457,7 @@ def _stored_response_headers(exchange: Exchange) -> tuple[list[tuple[str, str]],
     return headers, truncated
 
 
-class WarcWriter:
+class WarcWriter(_Writer):
     """Write every HTTP exchange of each page to a WARC file (gzip per record for ``*.gz``).
 
     Pages must come from a crawl with ``CrawlConfig(keep_exchanges=True)``;
@@ -460,24 +474,15 @@ class WarcWriter:
     def __init__(
         self, path: PathArg, *, config: CrawlConfig | None = None, resume_at: int | None = None
     ) -> None:
-        self.path = os.fspath(path)
+        super().__init__(path, resume_at)
         self.gzip = self.path.endswith(".gz")
         self._config = config
-        self._resume_at = resume_at
         self._file: IO[bytes] | None = None
         self._out: IO[bytes] | None = None
         """The file, also while close() writes what is pending."""
         self._writer: Any = None
         self._pending: list[Page] = []
-        self._lock = trio.Lock()
         self._records = 0
-        self._position = resume_at or 0
-        self._closed = False
-
-    @property
-    def position(self) -> int:
-        """Bytes in the file after the last record written."""
-        return self._position
 
     @property
     def records(self) -> int:
@@ -543,18 +548,6 @@ class WarcWriter:
         record = writer.create_warcinfo_record(Path(self.path).name, self._warcinfo_fields())
         writer.write_record(record)
         self._records += 1
-
-    async def __aenter__(self) -> Self:
-        await self.open()
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def write(self, page: Page) -> None:
         """Append a request and a response record for every exchange of `page`."""
@@ -650,9 +643,3 @@ class WarcWriter:
             raise OutputError(self.path, _reason(exc)) from None
         finally:
             file.close()
-
-    async def aclose(self) -> None:
-        """`close()` off the event loop, after any write in progress; immune to cancellation."""
-        with trio.CancelScope(shield=True):
-            async with self._lock:
-                await trio.to_thread.run_sync(self.close)
