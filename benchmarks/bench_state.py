@@ -28,7 +28,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -62,26 +61,6 @@ def child_env() -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     env.pop("PYTHONWARNINGS", None)
     return env
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with status {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on port {port} within {timeout:g} s")
 
 
 # --------------------------------------------------------------------------------------
@@ -171,6 +150,9 @@ def _suite() -> ModuleType:
     return module
 
 
+RUN: Final = _suite()
+
+
 def throughput(pages: int, rounds: int, warc: bool) -> dict[str, Any]:
     made = subprocess.run(
         [PY, str(HERE / "site.py"), "generate", "--pages", str(pages)],
@@ -182,7 +164,7 @@ def throughput(pages: int, rounds: int, warc: bool) -> dict[str, Any]:
     )
     root = Path(json.loads(made.stdout)["dir"])
     runs: dict[str, list[dict[str, float]]] = {"without": [], "with": []}
-    with _suite().site_server(root) as (base, server):
+    with RUN.site_server(root) as (base, server):
         log(f"throughput: {pages:,}-page site at {base} ({server}), {rounds} round(s)")
         for round_ in range(rounds):
             for mode in ("without", "with"):
@@ -280,7 +262,7 @@ class _SitemapSite:
 
 @contextmanager
 def sitemap_server(urls: int) -> Iterator[str]:
-    port = free_port()
+    port = RUN.free_port()
     site = _SitemapSite(urls, port)
 
     class Handler(http.server.BaseHTTPRequestHandler):
