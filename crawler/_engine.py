@@ -746,7 +746,7 @@ class Crawl:
                 host = self._frontier.hosts[request.origin]
                 try:
                     try:
-                        fetched = await self._fetcher.fetch(request.url)
+                        fetched = await self._fetcher.fetch(request.url, origin=request.origin)
                     finally:
                         host.in_flight -= 1
                         host.limiter.release_on_behalf_of(request)

@@ -16,6 +16,7 @@ from ._guard import AddressGuard, BlockedAddressError
 from ._page import ErrorKind, Exchange, PageError
 from ._retry import REDIRECT_STATUSES
 from ._robots import ROBOTS_MAX_BYTES
+from ._transport import TrioTransport
 from ._urls import host_of, normalize_url, origin_of
 
 
@@ -33,6 +34,16 @@ class Fetched:
     error: PageError | None
     exchange: Exchange | None
     truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Head:
+    """The parts of a response head an Exchange records, from either transport path."""
+
+    status: int
+    reason: str
+    http_version: str
+    request_headers: tuple[tuple[bytes, bytes], ...]
 
 
 TRANSPORT_CLOSE_TIMEOUT = 5.0
@@ -71,30 +82,46 @@ class Fetcher:
                 "Accept-Encoding": "gzip, deflate, br",
             }
         )
+        # Our own transport is called without building an httpx.Request and Response
+        # per fetch (a tenth of a page's CPU), unless a `prepare` hook wants the Request.
+        self._direct = transport if type(transport) is TrioTransport and prepare is None else None
+        self._raw_headers = tuple(self.headers.raw)
+        self._raw_credentials = {
+            origin: (*self._raw_headers, (b"Authorization", value.encode("latin-1")))
+            for origin, value in self.credentials.items()
+        }
 
     async def fetch(
         self,
         url: str,
         *,
+        origin: str | None = None,
         max_bytes: int | None = None,
-        headers: httpx.Headers | None = None,
         cut: bool = False,
     ) -> Fetched:
-        """GET `url`. A body over the cap is an error, refused up front when its declared
-        length says so; with `cut=True` the body is read up to the cap and kept."""
+        """GET `url` (whose origin is `origin`, when the caller knows it). A body over
+        the cap is an error, refused up front when its declared length says so; with
+        `cut=True` the body is read up to the cap and kept."""
         cap = self.max_bytes if max_bytes is None else max_bytes
-        request = httpx.Request("GET", url, headers=headers or self.headers)
-        if self.credentials:
-            authorization = self.credentials.get(origin_of(url))
-            if authorization is not None:
-                request.headers["Authorization"] = authorization
-        if self.prepare is not None:
-            request = self.prepare(request)
+        if origin is None:
+            origin = origin_of(url)
+        direct = self._direct
+        target = url[len(origin) :]
+        request: httpx.Request | None = None
+        if direct is None or not target.startswith("/") or not url.startswith(origin):
+            direct = None
+            request = httpx.Request("GET", url, headers=self.headers)
+            if self.credentials:
+                authorization = self.credentials.get(origin)
+                if authorization is not None:
+                    request.headers["Authorization"] = authorization
+            if self.prepare is not None:
+                request = self.prepare(request)
         started_at = dt.datetime.now(dt.UTC)
         start = trio.current_time()
         status: int | None = None
         response_headers = httpx.Headers()
-        response: httpx.Response | None = None
+        head: _Head | None = None
         raw_parts: list[bytes] = []
         parts: list[bytes] = []
         raw_size = 0
@@ -102,18 +129,38 @@ class Fetcher:
         error: PageError | None = None
         try:
             with trio.fail_after(self.timeout):
-                response = await self.transport.handle_async_request(request)
-                status = response.status_code
-                response_headers = response.headers
+                if direct is not None:
+                    raw = self._raw_credentials.get(origin, self._raw_headers)
+                    reply = await direct.get(origin, target, raw)
+                    stream: httpx.AsyncByteStream = reply.stream
+                    head = _Head(
+                        status=reply.status,
+                        reason=reply.reason.decode("ascii", "ignore"),
+                        http_version=reply.http_version.decode("ascii", "replace"),
+                        request_headers=tuple(reply.request_headers),
+                    )
+                    response_headers = httpx.Headers(reply.headers)
+                else:
+                    assert request is not None
+                    response = await self.transport.handle_async_request(request)
+                    # The raw stream, not aiter_raw(): a response built with its
+                    # content (MockTransport) counts as consumed but still streams.
+                    if not isinstance(response.stream, httpx.AsyncByteStream):
+                        await response.aclose()
+                        raise httpx.LocalProtocolError("transport returned a sync stream")
+                    stream = response.stream
+                    head = _Head(
+                        status=response.status_code,
+                        reason=response.reason_phrase,
+                        http_version=_http_version(response),
+                        request_headers=tuple(request.headers.raw),
+                    )
+                    response_headers = response.headers
+                status = head.status
                 try:
                     error = None if cut else _check_length(response_headers, cap)
                     if error is None:
                         decoder = BodyDecoder(response_headers.get("content-encoding"), cap)
-                        # The raw stream, not aiter_raw(): a response built with its
-                        # content (MockTransport) counts as consumed but still streams.
-                        stream = response.stream
-                        if not isinstance(stream, httpx.AsyncByteStream):
-                            raise httpx.LocalProtocolError("transport returned a sync stream")
                         chunks = stream.__aiter__()
                         try:
                             async for chunk in chunks:
@@ -133,7 +180,7 @@ class Fetcher:
                             parts.append(decoder.flush())
                             truncated = decoder.truncated
                 finally:
-                    await response.aclose()
+                    await stream.aclose()
         except trio.TooSlowError:
             error = PageError(ErrorKind.TIMEOUT, f"no complete response within {self.timeout:g} s")
         except httpx.TimeoutException as exc:
@@ -155,15 +202,15 @@ class Fetcher:
                 ErrorKind.TOO_LARGE, f"body cut at max_bytes={cap} (decoded size exceeded the cap)"
             )
         exchange = None
-        if self.keep_exchanges and response is not None:
+        if self.keep_exchanges and head is not None:
             exchange = Exchange(
                 method="GET",
                 url=url,
-                request_headers=tuple(request.headers.raw),
-                http_version=_http_version(response),
-                status=response.status_code,
-                reason=response.reason_phrase,
-                response_headers=tuple(response.headers.raw),
+                request_headers=head.request_headers,
+                http_version=head.http_version,
+                status=head.status,
+                reason=head.reason,
+                response_headers=tuple(response_headers.raw),
                 raw_body=b"".join(raw_parts),
                 truncated=truncated,
                 started_at=started_at,
@@ -211,7 +258,7 @@ class Fetcher:
     async def fetch_robots(self, origin: str) -> Fetched:
         """GET ``origin/robots.txt``, following redirects, cut at 500 KiB."""
         url = f"{origin}/robots.txt"
-        fetched = await self.fetch(url, max_bytes=ROBOTS_MAX_BYTES, cut=True)
+        fetched = await self.fetch(url, origin=origin, max_bytes=ROBOTS_MAX_BYTES, cut=True)
         for _ in range(ROBOTS_REDIRECTS):
             location = fetched.headers.get("location")
             if fetched.status not in REDIRECT_STATUSES or location is None:
@@ -226,8 +273,6 @@ class Fetcher:
 
 def default_transport(config: CrawlConfig) -> httpx.AsyncBaseTransport:
     """The lean trio + h11 transport, sized and guarded as `config` says."""
-    from ._transport import TrioTransport
-
     most_per_host = max([config.per_host, *(h.per_host or 0 for h in config.hosts.values())])
     guard = AddressGuard(host_of(seed) for seed in config.seeds) if config.block_private else None
     return TrioTransport(
