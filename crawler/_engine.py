@@ -392,7 +392,10 @@ class Crawl:
                         continue
                     if self.config.sitemaps and not host.sitemaps_seeded:
                         self._seed_sitemaps(host)
-                    await host.limiter.acquire_on_behalf_of(request)
+                    try:  # one checkpoint per request, below, not one per slot taken
+                        host.limiter.acquire_on_behalf_of_nowait(request)
+                    except trio.WouldBlock:
+                        await host.limiter.acquire_on_behalf_of(request)
                     try:
                         await self._take_slot(host, request)
                     except BaseException:
@@ -406,6 +409,13 @@ class Crawl:
                 host.in_flight += 1
                 try:
                     # A worker is free: the global slot we hold is one no busy worker holds.
+                    self._requests_send.send_nowait(request)
+                except trio.WouldBlock:
+                    pass
+                else:
+                    await trio.lowlevel.checkpoint()  # handed over: a cancellation here is fine
+                    continue
+                try:
                     await self._requests_send.send(request)
                 except BaseException:  # cancelled (the crawl stops): never sent
                     host.in_flight -= 1
@@ -438,7 +448,10 @@ class Crawl:
             if self._paused or host.paused:
                 await host.changed.wait()
                 continue
-            await self._global.acquire_on_behalf_of(borrower)
+            try:
+                self._global.acquire_on_behalf_of_nowait(borrower)
+            except trio.WouldBlock:
+                await self._global.acquire_on_behalf_of(borrower)
             if self._paused or host.paused:
                 self._global.release_on_behalf_of(borrower)
                 continue

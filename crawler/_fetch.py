@@ -128,7 +128,9 @@ class Fetcher:
         truncated = False
         error: PageError | None = None
         try:
-            with trio.fail_after(self.timeout):
+            # A plain cancel scope, not fail_after(): that is a generator-based context
+            # manager, measurably slower on a path taken for every page.
+            with trio.CancelScope(deadline=start + self.timeout) as deadline:
                 if direct is not None:
                     raw = self._raw_credentials.get(origin, self._raw_headers)
                     reply = await direct.get(origin, target, raw)
@@ -181,8 +183,10 @@ class Fetcher:
                             truncated = decoder.truncated
                 finally:
                     await stream.aclose()
-        except trio.TooSlowError:
-            error = PageError(ErrorKind.TIMEOUT, f"no complete response within {self.timeout:g} s")
+            if deadline.cancelled_caught:
+                error = PageError(
+                    ErrorKind.TIMEOUT, f"no complete response within {self.timeout:g} s"
+                )
         except httpx.TimeoutException as exc:
             error = PageError(ErrorKind.TIMEOUT, _describe(exc, "timed out"))
         except httpx.ConnectError as exc:
