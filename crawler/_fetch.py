@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Final
 
 import httpx
 import trio
@@ -34,6 +36,9 @@ class Fetched:
     error: PageError | None
     exchange: Exchange | None
     truncated: bool = False
+
+
+_NO_SCOPE: Final = contextlib.nullcontext()
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,13 +132,15 @@ class Fetcher:
         raw_size = 0
         truncated = False
         error: PageError | None = None
+        deadline = start + self.timeout
+        # Our transport keeps the deadline itself; another gets a cancel scope (a plain
+        # one: fail_after() is a generator-based context manager, slower still).
+        scope = _NO_SCOPE if direct is not None else trio.CancelScope(deadline=deadline)
         try:
-            # A plain cancel scope, not fail_after(): that is a generator-based context
-            # manager, measurably slower on a path taken for every page.
-            with trio.CancelScope(deadline=start + self.timeout) as deadline:
+            with scope:
                 if direct is not None:
                     raw = self._raw_credentials.get(origin, self._raw_headers)
-                    reply = await direct.get(origin, target, raw)
+                    reply = await direct.get(origin, target, raw, deadline=deadline)
                     stream: httpx.AsyncByteStream = reply.stream
                     head = _Head(
                         status=reply.status,
@@ -183,12 +190,13 @@ class Fetcher:
                             truncated = decoder.truncated
                 finally:
                     await stream.aclose()
-            if deadline.cancelled_caught:
-                error = PageError(
-                    ErrorKind.TIMEOUT, f"no complete response within {self.timeout:g} s"
-                )
+            if isinstance(scope, trio.CancelScope) and scope.cancelled_caught:
+                error = PageError(ErrorKind.TIMEOUT, self._overdue())
         except httpx.TimeoutException as exc:
-            error = PageError(ErrorKind.TIMEOUT, _describe(exc, "timed out"))
+            if trio.current_time() >= deadline:
+                error = PageError(ErrorKind.TIMEOUT, self._overdue())
+            else:
+                error = PageError(ErrorKind.TIMEOUT, _describe(exc, "timed out"))
         except httpx.ConnectError as exc:
             blocked = isinstance(exc.__cause__, BlockedAddressError)
             kind = ErrorKind.BLOCKED if blocked else ErrorKind.CONNECT
@@ -231,6 +239,9 @@ class Fetcher:
             exchange=exchange,
             truncated=truncated,
         )
+
+    def _overdue(self) -> str:
+        return f"no complete response within {self.timeout:g} s"
 
     @classmethod
     def for_config(

@@ -22,6 +22,7 @@ Invariants:
 
 from __future__ import annotations
 
+import math
 import os
 import socket
 import ssl
@@ -119,6 +120,10 @@ async def _discard(stream: trio.abc.AsyncResource) -> None:
         await trio.aclose_forcefully(stream)
 
 
+def _silence(timeout: float) -> str:
+    return f"no response data for {timeout:g}s"
+
+
 class _Stale(Exception):
     """A reused keep-alive connection was dead before any response byte arrived."""
 
@@ -185,7 +190,7 @@ class _ResponseBody(httpx.AsyncByteStream):
     ``aclose()`` before the end, an error or a cancellation closes it.
     """
 
-    __slots__ = ("_chunks", "_conn", "_request", "_transport")
+    __slots__ = ("_chunks", "_conn", "_deadline", "_request", "_transport")
 
     def __init__(
         self,
@@ -193,11 +198,13 @@ class _ResponseBody(httpx.AsyncByteStream):
         conn: _Conn | None,
         chunks: list[bytes],
         request: httpx.Request | None,
+        deadline: float = math.inf,
     ) -> None:
         self._transport = transport
         self._conn = conn
         self._chunks = chunks
         self._request = request
+        self._deadline = deadline
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         return self
@@ -232,14 +239,13 @@ class _ResponseBody(httpx.AsyncByteStream):
                         f"unexpected HTTP event in response body: {event!r}", request=self._request
                     )
                 try:
-                    with trio.CancelScope(relative_deadline=read_timeout) as scope:
+                    wait_until = min(trio.current_time() + read_timeout, self._deadline)
+                    with trio.CancelScope(deadline=wait_until) as scope:
                         data = await conn.receive()
                 except _IO_ERRORS as exc:
                     raise httpx.ReadError(_describe(exc), request=self._request) from exc
                 if scope.cancelled_caught:
-                    raise httpx.ReadTimeout(
-                        f"no response data for {read_timeout:g}s", request=self._request
-                    )
+                    raise httpx.ReadTimeout(_silence(read_timeout), request=self._request)
                 if not data:
                     eof = True
                 h.receive_data(data)
@@ -348,12 +354,16 @@ class TrioTransport(httpx.AsyncBaseTransport):
             request=request,
         )
 
-    async def get(self, origin: str, target: str, headers: _RawHeaders = ()) -> Reply:
+    async def get(
+        self, origin: str, target: str, headers: _RawHeaders = (), *, deadline: float = math.inf
+    ) -> Reply:
         """GET ``origin + target`` without building httpx objects: the crawler's hot path.
 
         ``origin`` is ``scheme://host[:port]``, ``target`` the path and query (starting
         with ``/``), ``headers`` the request headers (``Host`` is added). Errors are the
         httpx exceptions `handle_async_request` raises, with no request attached.
+        ``deadline`` (trio time) bounds the whole exchange, body reads included: the
+        caller needs no cancel scope of its own (each costs ~8 µs).
         """
         if self._closed:
             raise RuntimeError("TrioTransport is closed")
@@ -365,7 +375,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
             event = h11.Request(method=b"GET", target=target.encode("ascii"), headers=fields)
         except (h11.LocalProtocolError, UnicodeEncodeError) as exc:
             raise httpx.LocalProtocolError(f"bad request target {target!r}: {exc}") from exc
-        head, stream = await self._round_trip(key, None, event, b"")
+        head, stream = await self._round_trip(key, None, event, b"", deadline)
         version = head.http_version
         return Reply(
             status=head.status_code,
@@ -396,7 +406,12 @@ class TrioTransport(httpx.AsyncBaseTransport):
         return template
 
     async def _round_trip(
-        self, key: _PoolKey, request: httpx.Request | None, event: h11.Request, body: bytes | None
+        self,
+        key: _PoolKey,
+        request: httpx.Request | None,
+        event: h11.Request,
+        body: bytes | None,
+        deadline: float = math.inf,
     ) -> tuple[h11.Response, _ResponseBody]:
         """Send on a pooled connection (once more on a fresh one if it was stale) or a new one."""
         now = trio.current_time()
@@ -407,15 +422,15 @@ class TrioTransport(httpx.AsyncBaseTransport):
             await self._close_doomed()
         if conn is not None:
             try:
-                return await self._exchange(conn, request, event, body, reused=True)
+                return await self._exchange(conn, request, event, body, deadline, reused=True)
             except _Stale:
                 # The server dropped the idle connection; those idle even longer are
                 # likely gone too. Retry once, on a fresh connection.
                 self._doom_idle_since(key, conn.idle_since)
                 if self._doomed:
                     await self._close_doomed()
-        conn = await self._connect(request, key)
-        return await self._exchange(conn, request, event, body, reused=False)
+        conn = await self._connect(request, key, deadline)
+        return await self._exchange(conn, request, event, body, deadline, reused=False)
 
     async def aclose(self) -> None:
         """Close every idle pooled connection; later responses close theirs on finish."""
@@ -500,11 +515,15 @@ class TrioTransport(httpx.AsyncBaseTransport):
             self._ssl_context = ctx
         return ctx
 
-    async def _connect(self, request: httpx.Request | None, key: _PoolKey) -> _Conn:
+    async def _connect(
+        self, request: httpx.Request | None, key: _PoolKey, deadline: float = math.inf
+    ) -> _Conn:
         scheme, host, port = key
         stream: trio.abc.Stream | None = None
         try:
-            with trio.CancelScope(relative_deadline=self._connect_timeout):
+            with trio.CancelScope(
+                deadline=min(trio.current_time() + self._connect_timeout, deadline)
+            ):
                 if self._connect_hook is None:
                     stream = await trio.open_tcp_stream(host, port)
                 else:
@@ -602,6 +621,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
         request: httpx.Request | None,
         event: h11.Request,
         body: bytes | None,
+        deadline: float,
         *,
         reused: bool,
     ) -> tuple[h11.Response, _ResponseBody]:
@@ -620,7 +640,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
         writing = True
         try:
             start = trio.current_time()
-            with trio.CancelScope(deadline=start + timeout) as scope:
+            with trio.CancelScope(deadline=min(start + timeout, deadline)) as scope:
                 # ---- request
                 try:
                     data = h.send(event)
@@ -635,7 +655,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                     else:
                         await conn.send_all(data)
                         for offset in range(0, len(body), _SEND_CHUNK):
-                            scope.deadline = trio.current_time() + timeout
+                            scope.deadline = min(trio.current_time() + timeout, deadline)
                             piece = body[offset : offset + _SEND_CHUNK]
                             await conn.send_all(h.send(h11.Data(data=piece)))
                         tail = h.send(_EOM)
@@ -650,7 +670,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 writing = False
                 now = trio.current_time()
                 if now - start > _DEADLINE_SLACK:  # moving a deadline costs; skip it if ~0
-                    scope.deadline = now + timeout
+                    scope.deadline = min(now + timeout, deadline)
 
                 # ---- response head (skipping 1xx informational responses)
                 informational = 0
@@ -661,7 +681,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                         raise httpx.RemoteProtocolError(str(exc), request=request) from exc
                     if response is _NEED_DATA:
                         if received:
-                            scope.deadline = trio.current_time() + timeout
+                            scope.deadline = min(trio.current_time() + timeout, deadline)
                         try:
                             chunk = await conn.receive(wait_first=not received)
                         except _IO_ERRORS as exc:
@@ -697,7 +717,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                     raise httpx.WriteTimeout(
                         f"could not send the request within {timeout:g}s", request=request
                     )
-                raise httpx.ReadTimeout(f"no response data for {timeout:g}s", request=request)
+                raise httpx.ReadTimeout(_silence(timeout), request=request)
 
             raw_headers = head.headers
             if len(raw_headers) > self._max_headers:
@@ -739,4 +759,4 @@ class TrioTransport(httpx.AsyncBaseTransport):
 
         if done and not self._release(conn):
             await conn.discard()
-        return head, _ResponseBody(self, None if done else conn, chunks, request)
+        return head, _ResponseBody(self, None if done else conn, chunks, request, deadline)
