@@ -124,9 +124,19 @@ class Crawl:
             while self._uncommitted() >= MAX_UNCOMMITTED and not self._state_failed:
                 await self._committed.wait()
         try:
-            page = await self._results_recv.receive()
+            # A page already waiting is taken without a task switch: the consumer then
+            # drains what the workers delivered in one turn of the scheduler, instead of
+            # one page per turn with the workers blocked on a full channel meanwhile.
+            page = self._results_recv.receive_nowait()
+        except trio.WouldBlock:
+            try:
+                page = await self._results_recv.receive()
+            except trio.EndOfChannel:
+                raise StopAsyncIteration from None
         except trio.EndOfChannel:
             raise StopAsyncIteration from None
+        else:
+            await trio.lowlevel.checkpoint_if_cancelled()
         if self._store is not None:
             self._last_handed = page
         return page
@@ -389,6 +399,7 @@ class Crawl:
                 host.staged += 1
                 try:
                     if not await self._robots_allow(host, request):
+                        await trio.lowlevel.checkpoint()  # a long run of disallowed URLs
                         continue
                     if self.config.sitemaps and not host.sitemaps_seeded:
                         self._seed_sitemaps(host)
@@ -885,7 +896,7 @@ class Crawl:
             host.done += 1
         if into is None:
             try:
-                await self._results_send.send(page)
+                await self._hand_over(page)
             finally:
                 self._done_with(request)
             return
@@ -909,12 +920,22 @@ class Crawl:
         )
         self._handed[id(page)] = (page, done)
         try:
-            await self._results_send.send(page)
+            await self._hand_over(page)
         except BaseException:
             # Not handed over: still queued in the database, fetched again on resume.
             self._handed.pop(id(page), None)
             self._forget(request)
             raise
+
+    async def _hand_over(self, page: Page) -> None:
+        """Put `page` in the results channel, waiting only while it is full (a slow
+        consumer slows the crawl). Not a checkpoint when there is room: the caller's
+        next step (a worker's next request, a dispatcher's loop) is one, and a task
+        switch per page is measurable."""
+        try:
+            self._results_send.send_nowait(page)
+        except trio.WouldBlock:
+            await self._results_send.send(page)
 
     def _add_links(self, page: Page, into: list[NewUrl] | None = None) -> None:
         depth = page.depth + 1

@@ -339,7 +339,9 @@ class JsonLinesWriter(_Writer):
                 self._pending.append(line)
             else:
                 self._write_batch(self._sink, [line])
-            await trio.lowlevel.checkpoint()  # after the write: a cancelled call still wrote
+            # After the write (a cancelled call still wrote). Only a cancellation point:
+            # the consumer's loop, receiving the next page, is the schedule point.
+            await trio.lowlevel.checkpoint_if_cancelled()
             return
         self._pending.append(line)
         async with self._lock:

@@ -192,15 +192,19 @@ async def test_slow_host_never_holds_back_a_ready_host(
     assert last_fast < 2.0
 
 
-async def test_backpressure_slow_consumer(autojump_clock: trio.testing.MockClock) -> None:
+@pytest.mark.parametrize("buffer", [0, 8])
+async def test_backpressure_slow_consumer(
+    autojump_clock: trio.testing.MockClock, buffer: int
+) -> None:
     site = MockSite(chain_site(A, 200, fanout=5))
-    cfg = config(concurrency=4, per_host=4)
+    cfg = config(concurrency=4, per_host=4, result_buffer=buffer)
     async with crawler.open_crawl(cfg, transport=site.transport()) as crawl:
         first = await crawl.__anext__()
         assert first.url == f"{A}/"
         await trio.sleep(100)  # the consumer dawdles: fetching must stall, not pile up
         stalled = len(site.hits)
-        assert stalled <= 1 + 4 + 1  # delivered + one page per worker + one being handed over
+        # delivered + the buffer + one page per worker + one being handed over
+        assert stalled <= 1 + buffer + 4 + 1
         count = 1
         async for _ in crawl:
             count += 1
