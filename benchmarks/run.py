@@ -619,7 +619,7 @@ def _module_of(file: str) -> str:
     return head.removesuffix(".py") if "/" in file else f"stdlib {head.removesuffix('.py')}"
 
 
-_OUTPUT: Final = "JSON Lines output: encode + one to_thread hop per page (_output.py)"
+_OUTPUT: Final = "JSON Lines output: encode + one write per page (_output.py)"
 _PARSE: Final = "HTML parse + link extraction (parse_html, selectolax, urls)"
 
 
@@ -628,14 +628,18 @@ def _category(frames: Sequence[tuple[str, str]]) -> str:
     for func, file in frames:  # outer layers claim everything below them
         if file.startswith("<frozen importlib"):
             return "imports (start-up)"
-        if file == "crawler/_output.py" or file.startswith("trio/_core/_thread_cache"):
+        if file.startswith("trio/_core/_thread_cache"):
+            # An idle cached thread (left by the output file's open): py-spy may
+            # sample its wait as running; it is not in the process's CPU time.
+            return "idle worker thread (sampled wait, not CPU)"
+        if file == "crawler/_output.py":
             return _OUTPUT
         if func == "parse_html":
             return _PARSE
         if file in ("crawler/_robots.py", "crawler/_decode.py") or file.startswith("protego"):
             return "robots.txt, decoding"
     for func, file in reversed(frames):  # otherwise the innermost recognisable layer
-        if func.endswith("_nonblocking_helper"):
+        if func.endswith(("_nonblocking_helper", "_Conn.send_all", "_Conn.receive")):
             return "socket send/recv syscalls (loopback TCP, kernel included)"
         if func.endswith("get_events"):
             return "epoll_wait"
