@@ -6,9 +6,14 @@ trio than the wire work itself. :class:`TrioTransport` implements
 connection, a per-origin LIFO keep-alive pool, and a streaming response body that
 returns the payload exactly as received (de-chunked, but still content-encoded).
 
-The crawler engine calls :meth:`TrioTransport.handle_async_request` directly, reads
-the body with ``response.aiter_raw()`` and then ``await response.aclose()``; it also
-works as ``httpx.AsyncClient(transport=TrioTransport())``.
+The crawler engine calls :meth:`TrioTransport.get` (origin, target and a header tuple
+in, status, raw headers and a body stream out): with no httpx ``Request`` or ``Response``
+built per page, and the per-origin request head validated by h11 once and reused. It
+is also a complete ``httpx.AsyncBaseTransport`` (``handle_async_request``), for
+``httpx.AsyncClient(transport=TrioTransport())`` and for the engine when a ``prepare``
+hook needs the ``httpx.Request``. Plain TCP is read and written through a duplicate of
+the socket with ``trio.lowlevel.wait_readable``/``wait_writable``, skipping the trio
+stream and socket wrappers; TLS goes through ``trio.SSLStream``.
 
 Invariants:
 
@@ -17,7 +22,7 @@ Invariants:
   says both sides are ``DONE``; anything else closes it.
 * Every error and cancellation path closes the stream (shielded ``trio.aclose_forcefully``),
   and ``trio.Cancelled`` is always re-raised.
-* Errors surface as httpx exceptions with the request attached.
+* Errors surface as httpx exceptions, with the request attached when there is one.
 """
 
 from __future__ import annotations
