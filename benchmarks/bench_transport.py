@@ -4,7 +4,9 @@ Starts nginx (if installed) serving a static 6 KB file from a temp dir, else a s
 pure-trio h11 server in a subprocess, then runs ``--requests`` GETs with
 ``--concurrency`` trio tasks through:
 
-  (a) ``TrioTransport.handle_async_request`` directly + ``aiter_raw`` (the engine's path)
+  (a) ``TrioTransport.get``: origin + target in, no httpx objects (the engine's path)
+  (a2) ``TrioTransport.handle_async_request`` directly + ``aiter_raw`` (the httpx
+       transport interface, which the engine uses when a ``prepare`` hook is set)
   (b) ``httpx.AsyncClient(transport=TrioTransport())``
   (c) ``httpx.AsyncClient()`` with its default httpcore pool
   (d) raw trio + h11 (no httpx at all): the ceiling, for reference
@@ -179,6 +181,24 @@ async def bench_transport_direct(url: str, requests: int, concurrency: int, warm
         return await drive(fetch, requests, concurrency)
 
 
+async def bench_transport_get(url: str, requests: int, concurrency: int, warmup: int) -> Result:
+    parsed = httpx.URL(url)
+    origin = f"{parsed.scheme}://{parsed.netloc.decode('ascii')}"
+    target = parsed.raw_path.decode("ascii")
+    async with TrioTransport() as transport:
+
+        async def fetch() -> int:
+            reply = await transport.get(origin, target, ((b"User-Agent", b"bench"),))
+            n = 0
+            async for chunk in reply.stream:
+                n += len(chunk)
+            await reply.stream.aclose()
+            return n
+
+        await drive(fetch, warmup, concurrency)
+        return await drive(fetch, requests, concurrency)
+
+
 async def bench_client(
     url: str, requests: int, concurrency: int, warmup: int, transport: TrioTransport | None
 ) -> Result:
@@ -290,7 +310,11 @@ def main() -> None:
     n, c, w = args.requests, args.concurrency, args.warmup
     cases: list[tuple[str, Callable[[str], Awaitable[Result]]]] = [
         (
-            "(a) `TrioTransport.handle_async_request` + `aiter_raw`",
+            "(a) `TrioTransport.get` (no httpx objects; the engine's path)",
+            lambda url: bench_transport_get(url, n, c, w),
+        ),
+        (
+            "(a2) `TrioTransport.handle_async_request` + `aiter_raw`",
             lambda url: bench_transport_direct(url, n, c, w),
         ),
         (
@@ -317,7 +341,7 @@ def main() -> None:
             print(f"{name}: " + ", ".join(f"{r:,.0f}" for r in rates), file=sys.stderr)
         load_after = os.getloadavg()[0]
 
-    base = rows[2][1]
+    base = rows[3][1]
     lines = [
         "# Transport benchmark",
         "",
