@@ -33,6 +33,8 @@ _HTML_TYPES = frozenset({"text/html", "application/xhtml+xml"})
 _MAX_TITLE = 1000
 _PRESCAN_BYTES = 2048
 _UTF8 = "utf-8"
+_META_UTF8 = b'<meta charset="utf-8"'
+_META_UTF8_UPPER = b'<meta charset="UTF-8"'
 
 # WHATWG Encoding Standard labels -> Python codec names, for the encodings pages use.
 # https://encoding.spec.whatwg.org/#names-and-labels (browsers read latin-1/ascii pages as
@@ -188,8 +190,12 @@ def _sniff_encoding(body: bytes, content_type: str | None) -> tuple[str, int]:
             codec = _codec_for(match.group(1))
             if codec is not None:
                 return codec, 0
-    if b"<meta" in body[:_PRESCAN_BYTES].lower():
-        codec = _prescan_meta(body[:_PRESCAN_BYTES])
+    head = body[:_PRESCAN_BYTES]
+    at = head.lower().find(b"<meta")
+    if at >= 0:
+        if head.startswith(_META_UTF8, at) or head.startswith(_META_UTF8_UPPER, at):
+            return _UTF8, 0  # the usual first <meta>, without the regular expressions
+        codec = _prescan_meta(head)
         if codec is not None:
             return codec, 0
     return _UTF8, 0

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crawler._links import ParsedPage, _parse, _sniff_encoding, is_html, parse_html
+from crawler._links import (
+    ParsedPage,
+    _parse,
+    _prescan_meta,
+    _sniff_encoding,
+    is_html,
+    parse_html,
+)
 from crawler._urls import normalize_url
 
 PAGE = "http://example.com/dir/page.html"
@@ -448,3 +455,23 @@ def test_parse_generated_html(
     everything = parse_html(body, url, content_type)
     _check_parsed(everything)
     assert everything.links[:max_links] == parsed.links
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b'<meta charset="utf-8">',
+        b'<meta charset="UTF-8"/>',
+        b'<meta charset="utf-8" data-x="1">',
+        b'<meta charset="utf-8x">',
+        b'<meta charset="utf-8"><meta charset="koi8-r">',
+        b'<metadata><meta charset="koi8-r">',
+        b'<META charset="windows-1252">',
+        b'<meta http-equiv="Content-Type" content="text/html; charset=iso-8859-2">',
+    ],
+)
+def test_common_meta_charset_shortcut_agrees_with_the_prescan(head: bytes) -> None:
+    # `<meta charset="utf-8"` as the first <meta> skips the regular expressions;
+    # the answer must be what the full prescan gives.
+    body = b"<!DOCTYPE html><html><head>" + head + b"<title>t</title></head></html>"
+    assert _sniff_encoding(body, None) == (_prescan_meta(body) or "utf-8", 0)

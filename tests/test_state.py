@@ -264,8 +264,9 @@ async def test_a_page_counts_as_done_when_the_next_is_asked_for(tmp_path: Path) 
             # The second page was handed over but not dealt with: leave now.
     assert [p.url for p in got] == [f"{A}/", f"{A}/p/0"]
     pages, _ = await crawl_until(cfg, site)
-    assert pages[0].url == f"{A}/p/0"  # delivered again: it was never marked done
-    assert len(pages) == 10
+    # /p/0 is delivered again (it was never marked done), / is not; the crawl ran ahead
+    # into the results buffer, so the rest are fetched again in any order.
+    assert sorted(p.url for p in pages) == sorted(f"{A}/p/{i}" for i in range(10))
 
 
 async def test_mark_done_explicitly_with_output_offsets(tmp_path: Path) -> None:
@@ -321,10 +322,12 @@ async def test_robots_and_retry_after_survive_a_restart(tmp_path: Path) -> None:
 
 
 async def test_redirect_hops_join_the_seen_set(tmp_path: Path) -> None:
+    # /new is found on the redirect target's page, so its link back to /moved comes
+    # after the hop was admitted, whatever the order the workers finish in.
     pages: dict[str, str | httpx.Response] = {
-        f"{A}/": html("home", ["/old", "/new"]),
+        f"{A}/": html("home", ["/old"]),
         f"{A}/old": httpx.Response(301, headers={"Location": f"{A}/moved"}),
-        f"{A}/moved": html("moved", ["/"]),
+        f"{A}/moved": html("moved", ["/", "/new"]),
         f"{A}/new": html("new", ["/moved"]),
     }
     site = MockSite(pages)
