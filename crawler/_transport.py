@@ -679,11 +679,15 @@ class TrioTransport(httpx.AsyncBaseTransport):
 
                 # ---- response head (skipping 1xx informational responses)
                 informational = 0
+                # Nothing is buffered yet (a connection is pooled only with an empty
+                # buffer): wait for bytes before asking h11, saving it a call per page.
+                response: h11.Response | h11.InformationalResponse | object = _NEED_DATA
                 while True:
-                    try:
-                        response = h.next_event()
-                    except h11.RemoteProtocolError as exc:
-                        raise httpx.RemoteProtocolError(str(exc), request=request) from exc
+                    if received:
+                        try:
+                            response = h.next_event()
+                        except h11.RemoteProtocolError as exc:
+                            raise httpx.RemoteProtocolError(str(exc), request=request) from exc
                     if response is _NEED_DATA:
                         if received:
                             scope.deadline = min(trio.current_time() + timeout, deadline)
