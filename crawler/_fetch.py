@@ -18,7 +18,7 @@ from ._guard import AddressGuard, BlockedAddressError
 from ._page import ErrorKind, Exchange, PageError
 from ._retry import REDIRECT_STATUSES
 from ._robots import ROBOTS_MAX_BYTES
-from ._transport import TrioTransport
+from ._transport import Reply, TrioTransport
 from ._urls import host_of, normalize_url, origin_of
 
 
@@ -39,16 +39,6 @@ class Fetched:
 
 
 _NO_SCOPE: Final = contextlib.nullcontext()
-
-
-@dataclass(frozen=True, slots=True)
-class _Head:
-    """The parts of a response head an Exchange records, from either transport path."""
-
-    status: int
-    reason: str
-    http_version: str
-    request_headers: tuple[tuple[bytes, bytes], ...]
 
 
 TRANSPORT_CLOSE_TIMEOUT = 5.0
@@ -126,7 +116,8 @@ class Fetcher:
         start = trio.current_time()
         status: int | None = None
         response_headers = httpx.Headers()
-        head: _Head | None = None
+        reply: Reply | None = None
+        response: httpx.Response | None = None
         raw_parts: list[bytes] = []
         parts: list[bytes] = []
         raw_size = 0
@@ -142,13 +133,9 @@ class Fetcher:
                     raw = self._raw_credentials.get(origin, self._raw_headers)
                     reply = await direct.get(origin, target, raw, deadline=deadline)
                     stream: httpx.AsyncByteStream = reply.stream
-                    head = _Head(
-                        status=reply.status,
-                        reason=reply.reason.decode("ascii", "ignore"),
-                        http_version=reply.http_version.decode("ascii", "replace"),
-                        request_headers=tuple(reply.request_headers),
-                    )
+                    status = reply.status
                     response_headers = httpx.Headers(reply.headers)
+                    length, encoding = _framing(reply.headers)
                 else:
                     assert request is not None
                     response = await self.transport.handle_async_request(request)
@@ -158,18 +145,14 @@ class Fetcher:
                         await response.aclose()
                         raise httpx.LocalProtocolError("transport returned a sync stream")
                     stream = response.stream
-                    head = _Head(
-                        status=response.status_code,
-                        reason=response.reason_phrase,
-                        http_version=_http_version(response),
-                        request_headers=tuple(request.headers.raw),
-                    )
+                    status = response.status_code
                     response_headers = response.headers
-                status = head.status
+                    length = response_headers.get("content-length")
+                    encoding = response_headers.get("content-encoding")
                 try:
-                    error = None if cut else _check_length(response_headers, cap)
+                    error = None if cut else _check_length(length, cap)
                     if error is None:
-                        decoder = BodyDecoder(response_headers.get("content-encoding"), cap)
+                        decoder = BodyDecoder(encoding, cap)
                         chunks = stream.__aiter__()
                         try:
                             async for chunk in chunks:
@@ -214,14 +197,23 @@ class Fetcher:
                 ErrorKind.TOO_LARGE, f"body cut at max_bytes={cap} (decoded size exceeded the cap)"
             )
         exchange = None
-        if self.keep_exchanges and head is not None:
+        if self.keep_exchanges and status is not None:
+            if reply is not None:
+                sent = tuple(reply.request_headers)
+                version = reply.http_version.decode("ascii", "replace")
+                reason = reply.reason.decode("ascii", "ignore")
+            else:
+                assert request is not None and response is not None
+                sent = tuple(request.headers.raw)
+                version = _http_version(response)
+                reason = response.reason_phrase
             exchange = Exchange(
                 method="GET",
                 url=url,
-                request_headers=head.request_headers,
-                http_version=head.http_version,
-                status=head.status,
-                reason=head.reason,
+                request_headers=sent,
+                http_version=version,
+                status=status,
+                reason=reason,
                 response_headers=tuple(response_headers.raw),
                 raw_body=b"".join(raw_parts),
                 truncated=truncated,
@@ -312,9 +304,24 @@ def seed_credentials(seeds: Iterable[str]) -> dict[str, str]:
     return found
 
 
-def _check_length(headers: httpx.Headers, cap: int) -> PageError | None:
+def _framing(raw: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
+    """Content-Length and Content-Encoding from raw header fields, in one pass, as
+    ``httpx.Headers.get`` gives them (repeated fields joined with ", ")."""
+    length: list[bytes] = []
+    encoding: list[bytes] = []
+    for name, value in raw:
+        if len(name) == 14 and name.lower() == b"content-length":
+            length.append(value)
+        elif len(name) == 16 and name.lower() == b"content-encoding":
+            encoding.append(value)
+    return (
+        b", ".join(length).decode("latin-1") if length else None,
+        b", ".join(encoding).decode("latin-1") if encoding else None,
+    )
+
+
+def _check_length(value: str | None, cap: int) -> PageError | None:
     """Refuse a declared body over the cap before reading it (encoded or not)."""
-    value = headers.get("content-length")
     try:
         length = int(value.strip()) if value is not None else 0
     except ValueError:
