@@ -960,8 +960,11 @@ class Crawl:
         if max_depth is not None and depth > max_depth:
             return
         should_follow = self.config.should_follow
+        seen = self._frontier.seen
         for link in page.links:
             if should_follow is not None and not should_follow(link, page):
+                continue
+            if link in seen:  # most links on a page: out before the call into admit()
                 continue
             self._add(link, depth, into=into, normalized=True)
 
