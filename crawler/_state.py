@@ -152,6 +152,10 @@ class NewUrl:
     """Queue it before the host's other work (Crawl.add(priority=...))."""
 
 
+_MAX_PARAMS = 500
+"""Most ``?`` parameters in one statement (SQLite allows at least 999)."""
+
+
 @dataclass(slots=True)
 class Done:
     """A URL the consumer has finished with (its output, if any, is written)."""
@@ -469,13 +473,18 @@ class _Database:
                 counters = host_delta[hid] = [0, 0, 0, 0]
             return counters
 
-        for new in batch.inserts:
-            self._insert(cur, new, UrlState.QUEUED, result, new_hosts)
+        if any(new.front for new in batch.inserts):
+            for new in batch.inserts:
+                self._insert(cur, new, UrlState.QUEUED, result, new_hosts)
+        else:  # the usual case: one statement per run of links to one host
+            self._insert_links(cur, batch.inserts, result, new_hosts)
         kinds = totals.errors_by_kind
+        marked = self._mark_all(cur, batch.done)
         for done in batch.done:
             state = UrlState.DONE if done.error_kind is None else UrlState.FAILED
-            self._mark(cur, done.seq, done.url, state)
-            if cur.rowcount == 0:
+            if not marked:
+                self._mark(cur, done.seq, done.url, state)
+            if not marked and cur.rowcount == 0:
                 if self._exists(cur, done.url):
                     continue  # marked before: count it once
                 self._insert(
@@ -627,6 +636,32 @@ class _Database:
             self.admitted += added
             result.new[origin] += added
             start = end
+
+    def _mark_all(self, cur: sqlite3.Cursor, done: list[Done]) -> bool:
+        """Mark every page of `done` with one statement per state, if each is a queued
+        row (the usual case); False, having changed nothing, when any is not."""
+        if len(done) < 8 or any(d.seq is None for d in done):
+            return False
+        if len({d.seq for d in done}) != len(done):
+            return False
+        cur.execute("SAVEPOINT marks")
+        changed = 0
+        for state in (UrlState.DONE, UrlState.FAILED):
+            seqs = [d.seq for d in done if (d.error_kind is None) == (state is UrlState.DONE)]
+            for start in range(0, len(seqs), _MAX_PARAMS):
+                part = seqs[start : start + _MAX_PARAMS]
+                marks = ",".join("?" * len(part))
+                cur.execute(
+                    f"UPDATE urls SET state = ? WHERE state = 0 AND seq IN ({marks})",
+                    (state, *part),
+                )
+                changed += cur.rowcount
+        if changed != len(done):  # some were marked before: row by row, to count once
+            cur.execute("ROLLBACK TO marks")
+            cur.execute("RELEASE marks")
+            return False
+        cur.execute("RELEASE marks")
+        return True
 
     def _mark(self, cur: sqlite3.Cursor, seq: int | None, url: str, state: UrlState) -> None:
         if seq is not None:

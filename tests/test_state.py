@@ -29,6 +29,7 @@ from crawler._state import (
     StateError,
     StateMismatch,
     StateStore,
+    UrlState,
     read_snapshot,
     reset_state,
 )
@@ -143,6 +144,26 @@ async def test_a_failing_batch_changes_nothing(tmp_path: Path) -> None:
     assert snapshot is not None
     assert (snapshot.totals.pages, snapshot.totals.errors, snapshot.totals.bytes) == (1, 0, 10)
     assert snapshot.hosts[0].backoff == 0
+
+
+@pytest.mark.parametrize("again", [False, True])
+async def test_a_batch_of_done_pages_is_counted_once(tmp_path: Path, again: bool) -> None:
+    # Twelve pages done in one commit take the one-statement path; a page marked in
+    # an earlier commit sends the whole batch row by row, where it counts once.
+    store = StateStore(tmp_path, config(tmp_path))
+    await store.open()
+    await store.commit(Batch(inserts=[new(f"{A}/{i}", 1) for i in range(12)]))
+    queued = await store.load(A, None, 100)
+    done = [Done(r.seq, r.url, A, "http" if i % 3 else None, 10, 0) for i, r in enumerate(queued)]
+    if again:
+        await store.commit(Batch(done=done[:1]))
+    await store.commit(Batch(done=done))
+    await store.aclose()
+    snapshot = read_snapshot(tmp_path)
+    assert snapshot is not None
+    assert (snapshot.totals.pages, snapshot.totals.errors, snapshot.queued) == (12, 8, 0)
+    states = dict(rows(tmp_path, "SELECT url, state FROM urls"))
+    assert sorted(states.values()) == sorted([UrlState.DONE] * 4 + [UrlState.FAILED] * 8)
 
 
 async def test_refill_pages_through_the_queue_in_order_and_priority_first(tmp_path: Path) -> None:
