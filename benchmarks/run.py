@@ -625,13 +625,15 @@ _PARSE: Final = "HTML parse + link extraction (parse_html, selectolax, urls)"
 
 def _category(frames: Sequence[tuple[str, str]]) -> str:
     """What one sample's CPU was spent on, from its (function, file) stack, root first."""
+    if frames and frames[-1][1].startswith("trio/_core/_thread_cache"):
+        # A cached thread waiting for work (one is left by the output file's open):
+        # py-spy may sample its wait as running; it is not in the process's CPU time.
+        return "idle worker thread (sampled wait, not CPU)"
     for func, file in frames:  # outer layers claim everything below them
         if file.startswith("<frozen importlib"):
             return "imports (start-up)"
-        if file.startswith("trio/_core/_thread_cache"):
-            # An idle cached thread (left by the output file's open): py-spy may
-            # sample its wait as running; it is not in the process's CPU time.
-            return "idle worker thread (sampled wait, not CPU)"
+        if file == "crawler/_state.py":
+            return "durable state (SQLite, in its own thread)"
         if file == "crawler/_output.py":
             return _OUTPUT
         if func == "parse_html":
