@@ -170,3 +170,16 @@ async def test_get_leaks_no_file_descriptors() -> None:
             reply = await transport.get(origin, "/ok")
             await reply.stream.aclose()  # abandoned before the body: connection closed
     assert open_fds() == before
+
+
+async def test_get_holds_one_descriptor_per_pooled_connection() -> None:
+    async with raw_server(responder(ok())) as server:
+        before = open_fds()
+        async with TrioTransport(read_timeout=2.0) as transport:
+            origin = f"http://127.0.0.1:{server.port}"
+            await server.wait_open_connections(0)
+            assert await read(await transport.get(origin, "/")) == b"hello"
+            await server.wait_open_connections(1)
+            # the server's end of the connection and ours: nothing duplicated
+            assert open_fds() == before + 2
+        assert transport.idle_connections() == 0
