@@ -32,7 +32,6 @@ import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Final
 
 HERE: Final = Path(__file__).resolve().parent
@@ -44,20 +43,10 @@ CONCURRENCY: Final = 32
 
 sys.path.insert(0, str(ROOT))
 
+# benchmarks/run.py, beside this script: its nginx configuration and process helpers.
+import run as RUN  # noqa: E402
+
 from tests.redisserver import private_redis  # noqa: E402
-
-
-def _suite() -> ModuleType:
-    """benchmarks/run.py, for its nginx configuration and process helpers."""
-    spec = importlib.util.spec_from_file_location("bench_run", HERE / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
-
-
-RUN: Final = _suite()
 
 
 def log(message: str) -> None:

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import gzip
 import http.server
-import importlib.util
 import json
 import os
 import shutil
@@ -38,8 +37,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Final
+
+# benchmarks/run.py, beside this script: its site server and process helpers.
+import run as RUN
 
 HERE: Final = Path(__file__).resolve().parent
 ROOT: Final = HERE.parent
@@ -138,19 +139,6 @@ def count_lines(path: Path) -> int:
 
 # --------------------------------------------------------------------------------------
 # 1. Throughput
-
-
-def _suite() -> ModuleType:
-    """benchmarks/run.py, for its site server (nginx, or the Python fallback)."""
-    spec = importlib.util.spec_from_file_location("bench_run", HERE / "run.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look themselves up there
-    spec.loader.exec_module(module)
-    return module
-
-
-RUN: Final = _suite()
 
 
 def throughput(pages: int, rounds: int, warc: bool) -> dict[str, Any]:

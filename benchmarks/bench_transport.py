@@ -23,7 +23,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -39,6 +38,9 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+# benchmarks/run.py, beside this script: its port and process helpers.
+import run as RUN
 
 from crawler._transport import TrioTransport
 
@@ -74,30 +76,10 @@ http {{
 """
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
-def wait_for_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"server did not listen on port {port}")
-
-
 @contextmanager
 def run_server() -> Iterator[tuple[str, str]]:
     """Yield (url, description) of a loopback server with a 6 KB page."""
-    port = free_port()
+    port = RUN.free_port()
     body = (b"<html><body>" + b"x" * BODY_SIZE)[: BODY_SIZE - 15] + b"</body></html>\n"
     assert len(body) == BODY_SIZE
     with tempfile.TemporaryDirectory(prefix="bench-transport-") as tmp:
@@ -120,15 +102,10 @@ def run_server() -> Iterator[tuple[str, str]]:
             description = "pure-trio h11 server (subprocess; nginx not installed)"
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
-            wait_for_port(port, proc)
+            RUN.wait_for_port(port, proc)
             yield f"http://127.0.0.1:{port}/page.html", description
         finally:
-            proc.send_signal(signal.SIGTERM if nginx is None else signal.SIGQUIT)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            RUN.stop(proc, signal.SIGTERM if nginx is None else signal.SIGQUIT)
             if proc.stderr is not None:
                 proc.stderr.close()
 
