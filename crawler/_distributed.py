@@ -64,7 +64,7 @@ from ._redis import (
     format_status,
     open_redis,
 )
-from ._retry import Action, judge, retry_delay
+from ._retry import Action, judge, redirect_target, retry_delay
 from ._robots import (
     ROBOTS_MAX_BYTES,
     ROBOTS_RETRY,
@@ -660,23 +660,9 @@ class SharedCrawl:
     ) -> bool:
         """Queue the next hop; False when the chain ends here (the page records why)."""
         config = self.config
-        location = fetched.headers.get("location")
-        if location is None:
-            return False
-        target = normalize_url(location, job.url, max_length=config.max_url_length)
+        target, error = redirect_target(fetched, job.url, job.chain, job.redirects, config)
         if target is None:
-            job.error = PageError(
-                ErrorKind.BAD_REDIRECT, f"redirect to {location!r}: not an http(s) URL"
-            )
-            return False
-        if target == job.url or target in job.chain:
-            job.error = PageError(ErrorKind.REDIRECT_LOOP, f"redirect loop back to {target}")
-            return False
-        if job.redirects >= config.max_redirects:
-            job.error = PageError(
-                ErrorKind.TOO_MANY_REDIRECTS,
-                f"more than max_redirects={config.max_redirects} redirects",
-            )
+            job.error = error or job.error
             return False
         job.redirect_target = target
         if self._stopping or self._refusal(target, job.depth) is not None:

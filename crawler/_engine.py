@@ -27,10 +27,10 @@ from ._config import CrawlConfig, HostLimits, _check_number
 from ._fetch import Fetched, Fetcher
 from ._frontier import Frontier, Host, Request
 from ._page import ErrorKind, HostStatistics, Page, PageError, Statistics
-from ._retry import Action, judge, retry_delay
+from ._retry import Action, judge, redirect_target, retry_delay
 from ._robots import Robots, RobotsStatus, robots_from_response
 from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
-from ._urls import normalize_url, origin_of
+from ._urls import origin_of
 
 # epoll rounds sleeps up to the millisecond: a dispatcher that wakes this late is
 # accounted at its slot, or each request would lose ~1 ms of the host's rate.
@@ -835,23 +835,11 @@ class Crawl:
 
     async def _follow_redirect(self, request: Request, fetched: Fetched) -> bool:
         """Queue the next hop; False when the chain ends here (the page records why)."""
-        location = fetched.headers.get("location")
-        if location is None:
-            return False
-        target = normalize_url(location, request.url, max_length=self.config.max_url_length)
+        target, error = redirect_target(
+            fetched, request.url, request.chain, request.redirects, self.config
+        )
         if target is None:
-            request.error = PageError(
-                ErrorKind.BAD_REDIRECT, f"redirect to {location!r}: not an http(s) URL"
-            )
-            return False
-        if target == request.url or target in request.chain:
-            request.error = PageError(ErrorKind.REDIRECT_LOOP, f"redirect loop back to {target}")
-            return False
-        if request.redirects >= self.config.max_redirects:
-            request.error = PageError(
-                ErrorKind.TOO_MANY_REDIRECTS,
-                f"more than max_redirects={self.config.max_redirects} redirects",
-            )
+            request.error = error or request.error
             return False
         request.redirect_target = target
         canonical = self._frontier.admit(target, request.depth, count=False)

@@ -7,10 +7,12 @@ import email.utils
 import enum
 import math
 import random
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from ._page import ErrorKind, PageError
+from ._urls import normalize_url
 
 if TYPE_CHECKING:
     from ._config import CrawlConfig
@@ -123,3 +125,27 @@ def judge(fetched: Fetched, attempt: int, config: CrawlConfig) -> Verdict:
     if error is None and status in RETRY_STATUSES:
         error = PageError(ErrorKind.HTTP, f"HTTP {status} after {attempt + 1} attempt(s)")
     return Verdict(Action.DELIVER, error=error, pause=pause, health=health)
+
+
+def redirect_target(
+    fetched: Fetched, url: str, chain: Collection[str], redirects: int, config: CrawlConfig
+) -> tuple[str | None, PageError | None]:
+    """Where a redirect from `url` leads: (canonical target, None) to follow it, or
+    (None, why the chain ends here); (None, None) when there is no Location at all.
+    `chain` holds the URLs before `url`, `redirects` how many hops led to it."""
+    location = fetched.headers.get("location")
+    if location is None:
+        return None, None
+    target = normalize_url(location, url, max_length=config.max_url_length)
+    if target is None:
+        return None, PageError(
+            ErrorKind.BAD_REDIRECT, f"redirect to {location!r}: not an http(s) URL"
+        )
+    if target == url or target in chain:
+        return None, PageError(ErrorKind.REDIRECT_LOOP, f"redirect loop back to {target}")
+    if redirects >= config.max_redirects:
+        return None, PageError(
+            ErrorKind.TOO_MANY_REDIRECTS,
+            f"more than max_redirects={config.max_redirects} redirects",
+        )
+    return target, None
