@@ -403,6 +403,8 @@ class Crawl:
                 try:
                     allowed = await self._robots_allow(host, request)
                     if allowed:
+                        if self.config.sitemaps and not host.sitemaps_seeded:
+                            self._seed_sitemaps(host)
                         await self._take_slots(host, request)
                 except BaseException:
                     self._unsent(request)
@@ -443,18 +445,18 @@ class Crawl:
                 # Ran dry: the links found lately are waiting in the next commit.
                 self._commit_now.set()
 
-    async def _take_slots(self, host: Host, request: Request) -> None:
-        """The host's concurrency slot, then a global and a rate slot (`_take_slot`)."""
-        if self.config.sitemaps and not host.sitemaps_seeded:
-            self._seed_sitemaps(host)
-        try:  # the dispatcher checkpoints once per request, not once per slot taken
-            host.limiter.acquire_on_behalf_of_nowait(request)
-        except trio.WouldBlock:
-            await host.limiter.acquire_on_behalf_of(request)
+    async def _take_slots(self, host: Host, borrower: object) -> None:
+        """The host's concurrency slot, then a global and a rate slot (`_take_slot`);
+        all or none. Not a checkpoint when all are free: the dispatcher checkpoints
+        once per request, not once per slot."""
         try:
-            await self._take_slot(host, request)
+            host.limiter.acquire_on_behalf_of_nowait(borrower)
+        except trio.WouldBlock:
+            await host.limiter.acquire_on_behalf_of(borrower)
+        try:
+            await self._take_slot(host, borrower)
         except BaseException:
-            host.limiter.release_on_behalf_of(request)
+            host.limiter.release_on_behalf_of(borrower)
             raise
 
     def _unsent(self, request: Request) -> None:
@@ -525,14 +527,11 @@ class Crawl:
         robots: Robots | None = None
         try:
             for attempt in range(self.config.retries + 1):
-                await host.limiter.acquire_on_behalf_of(token)
+                await self._take_slots(host, token)
                 try:
-                    await self._take_slot(host, token)
-                    try:
-                        fetched = await self._fetcher.fetch_robots(host.origin)
-                    finally:
-                        self._global.release_on_behalf_of(token)
+                    fetched = await self._fetcher.fetch_robots(host.origin)
                 finally:
+                    self._global.release_on_behalf_of(token)
                     host.limiter.release_on_behalf_of(token)
                 if fetched.exchange is not None:
                     request.exchanges.append(fetched.exchange)
