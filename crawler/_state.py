@@ -484,12 +484,12 @@ class _Database:
             state = UrlState.DONE if done.error_kind is None else UrlState.FAILED
             if not marked:
                 self._mark(cur, done.seq, done.url, state)
-            if not marked and cur.rowcount == 0:
-                if self._exists(cur, done.url):
-                    continue  # marked before: count it once
-                self._insert(
-                    cur, NewUrl(done.url, done.origin, 0), state, result, new_hosts, count=False
-                )
+                if cur.rowcount == 0:
+                    if self._exists(cur, done.url):
+                        continue  # marked before: count it once
+                    self._insert(
+                        cur, NewUrl(done.url, done.origin, 0), state, result, new_hosts, count=False
+                    )
             counters = delta(done.origin)
             totals.pages += 1
             totals.bytes += done.bytes
