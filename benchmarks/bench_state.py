@@ -26,16 +26,13 @@ import http.server
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import statistics
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
@@ -68,66 +65,12 @@ def child_env() -> dict[str, str]:
 # Running one crawl
 
 
-@dataclass
-class Measured:
-    wall: float
-    cpu: float
-    rss_kib: int
-    returncode: int
-    extra: dict[str, Any]
-
-
 def run_crawl(
-    args: Sequence[str],
-    stderr_path: Path,
-    *,
-    stop_when: Any = None,
-    timeout: float = TIMEOUT,
-) -> Measured:
-    """Run ``python -m crawler ARGS``; with `stop_when` (a callable polled every 0.2 s that
-    returns a dict once the crawl should stop), send SIGINT then. Wall, CPU and peak RSS
-    come from wait4."""
-    extra: dict[str, Any] = {}
-    with open(stderr_path, "wb") as err:
-        start = time.perf_counter()
-        proc = subprocess.Popen(
-            [PY, "-m", "crawler", *args],
-            cwd=ROOT,
-            env=child_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=err,
-        )
-        done = threading.Event()
-
-        def watch() -> None:
-            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            deadline = time.monotonic() + timeout
-            while not done.wait(0.2):
-                if time.monotonic() > deadline:
-                    proc.kill()
-                    return
-                if stop_when is not None:
-                    found = stop_when()
-                    if found is not None:
-                        extra.update(found)
-                        extra["stopped_after"] = time.perf_counter() - start
-                        proc.send_signal(signal.SIGINT)
-                        return
-
-        watcher = threading.Thread(target=watch, daemon=True)
-        watcher.start()
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            proc.wait()
-            raise
-        finally:
-            done.set()
-        wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return Measured(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, proc.returncode, extra)
+    args: Sequence[str], stderr_path: Path, *, stop_when: Any = None, timeout: float = TIMEOUT
+) -> RUN.Measured:
+    """Run ``python -m crawler ARGS`` (see ``run.measure``: SIGINT once `stop_when`
+    returns a dict; wall, CPU and peak RSS from wait4)."""
+    return RUN.measure([PY, "-m", "crawler", *args], stderr_path, timeout, stop_when=stop_when)
 
 
 def count_lines(path: Path) -> int:

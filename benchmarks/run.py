@@ -38,7 +38,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -137,10 +137,22 @@ class Measured:
     cpu: float
     rss_kib: int
     returncode: int
+    extra: dict[str, Any] = field(default_factory=dict)
+    """What `stop_when` returned, and when (``stopped_after``, seconds)."""
 
 
-def measure(cmd: Sequence[str], stderr_path: Path, timeout: float = CRAWL_TIMEOUT) -> Measured:
-    """Run ``cmd``; wall time, CPU (user + sys) and peak RSS of that child, from wait4."""
+def measure(
+    cmd: Sequence[str],
+    stderr_path: Path,
+    timeout: float = CRAWL_TIMEOUT,
+    *,
+    stop_when: Callable[[], dict[str, Any] | None] | None = None,
+) -> Measured:
+    """Run ``cmd``; wall time, CPU (user + sys) and peak RSS of that child, from wait4.
+
+    `stop_when`: polled every 0.2 s; once it returns a dict, the child gets SIGINT and
+    the dict goes into ``Measured.extra``."""
+    extra: dict[str, Any] = {}
     with open(stderr_path, "wb") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(
@@ -151,8 +163,16 @@ def measure(cmd: Sequence[str], stderr_path: Path, timeout: float = CRAWL_TIMEOU
         def watchdog() -> None:
             # Signals must reach the main thread, blocked in wait4, not this one.
             signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-            if not done.wait(timeout):
-                proc.kill()
+            deadline = time.monotonic() + timeout
+            while not done.wait(0.2 if stop_when is not None else timeout):
+                if time.monotonic() >= deadline:
+                    proc.kill()
+                    return
+                found = stop_when() if stop_when is not None else None
+                if found is not None:
+                    extra.update(found, stopped_after=time.perf_counter() - start)
+                    proc.send_signal(signal.SIGINT)
+                    return
 
         guard = threading.Thread(target=watchdog, daemon=True)
         guard.start()
@@ -171,6 +191,7 @@ def measure(cmd: Sequence[str], stderr_path: Path, timeout: float = CRAWL_TIMEOU
         cpu=usage.ru_utime + usage.ru_stime,
         rss_kib=usage.ru_maxrss,  # KiB on Linux
         returncode=proc.returncode,
+        extra=extra,
     )
 
 
