@@ -20,22 +20,10 @@ from crawler._cli import build_config, main
 from crawler._config import DEFAULT_USER_AGENT, CrawlConfig, HostLimits
 from crawler._version import __version__
 from tests.siteserver import SiteServer, open_site_server
+from tests.test_output import SCHEMA_KEYS
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 30.0
-SCHEMA_KEYS = {
-    "url",
-    "final_url",
-    "status",
-    "depth",
-    "content_type",
-    "title",
-    "links",
-    "bytes",
-    "elapsed",
-    "fetched_at",
-    "error",
-}
 
 
 @dataclass
@@ -352,7 +340,7 @@ async def test_crawl_writes_every_reachable_page_once_and_a_warc(
     assert result.stdout == ""
     pages = read_jsonl(out)
     for page in pages:
-        assert set(page) == SCHEMA_KEYS
+        assert list(page) == SCHEMA_KEYS  # every key, in the documented order
         assert page["error"] is None, page
         assert page["status"] == 200
         assert page["fetched_at"].endswith("Z")
