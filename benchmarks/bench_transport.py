@@ -1,8 +1,8 @@
 """Requests/s of TrioTransport versus httpx's default pool, against a loopback server.
 
-Starts nginx (if installed) serving a static 6 KB file from a temp dir, else a small
-pure-trio h11 server in a subprocess, then runs ``--requests`` GETs with
-``--concurrency`` trio tasks through:
+Starts nginx (if installed) serving a static 6 KB file from a temp dir, else the small
+trio + h11 server of ``benchmarks/site.py serve`` in a subprocess, then runs
+``--requests`` GETs with ``--concurrency`` trio tasks through:
 
   (a) ``TrioTransport.get``: origin + target in, no httpx objects (the engine's path)
   (a2) ``TrioTransport.handle_async_request`` directly + ``aiter_raw`` (the httpx
@@ -83,11 +83,11 @@ def run_server() -> Iterator[tuple[str, str]]:
     body = (b"<html><body>" + b"x" * BODY_SIZE)[: BODY_SIZE - 15] + b"</body></html>\n"
     assert len(body) == BODY_SIZE
     with tempfile.TemporaryDirectory(prefix="bench-transport-") as tmp:
+        www = Path(tmp, "www")
+        www.mkdir()
+        (www / "page.html").write_bytes(body)
         nginx = shutil.which("nginx")
         if nginx:
-            www = Path(tmp, "www")
-            www.mkdir()
-            (www / "page.html").write_bytes(body)
             os.chmod(tmp, 0o755)
             user = "user root;" if os.geteuid() == 0 else ""
             conf = Path(tmp, "nginx.conf")
@@ -98,8 +98,9 @@ def run_server() -> Iterator[tuple[str, str]]:
             ).stderr.strip()
             description = f"{version.replace('nginx version: ', '')}, 1 worker"
         else:
-            cmd = [sys.executable, __file__, "--serve", str(port), "--body-size", str(BODY_SIZE)]
-            description = "pure-trio h11 server (subprocess; nginx not installed)"
+            site = Path(__file__).resolve().parent / "site.py"
+            cmd = [sys.executable, str(site), "serve", str(www), "--port", str(port)]
+            description = "trio + h11 server (benchmarks/site.py serve; nginx not installed)"
         proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         try:
             RUN.wait_for_port(port, proc)
@@ -229,44 +230,6 @@ async def bench_raw_h11(url: str, requests: int, concurrency: int, warmup: int) 
 # ------------------------------------------------------------- fallback server
 
 
-def serve(port: int, body_size: int) -> None:
-    """A small keep-alive HTTP/1.1 server on trio + h11 (used without nginx)."""
-    body = b"x" * body_size
-    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: %d\r\n\r\n" % body_size
-    response = head + body
-
-    async def handle(stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    conn.receive_data(data)
-                    if not data:
-                        return
-                elif isinstance(event, h11.EndOfMessage):
-                    # The bytes are pre-serialized; tell h11 the same thing happened.
-                    conn.send(
-                        h11.Response(
-                            status_code=200, headers=[(b"Content-Length", str(body_size).encode())]
-                        )
-                    )
-                    conn.send(h11.Data(data=body))
-                    conn.send(h11.EndOfMessage())
-                    await stream.send_all(response)
-                    conn.start_next_cycle()
-                elif isinstance(event, h11.ConnectionClosed):
-                    return
-        except (trio.BrokenResourceError, h11.RemoteProtocolError):
-            return
-
-    async def main() -> None:
-        await trio.serve_tcp(handle, port, host="127.0.0.1", backlog=4096)
-
-    trio.run(main)
-
-
 # ------------------------------------------------------------------------ main
 
 
@@ -277,13 +240,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs per client; median reported")
     parser.add_argument("--warmup", type=int, default=200)
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--body-size", type=int, default=BODY_SIZE, help=argparse.SUPPRESS)
     args = parser.parse_args()
-    if args.serve is not None:
-        serve(args.serve, args.body_size)
-        return
-
     n, c, w = args.requests, args.concurrency, args.warmup
     cases: list[tuple[str, Callable[[str], Awaitable[Result]]]] = [
         (
