@@ -28,6 +28,8 @@ RETRY_CAP = 30.0
 # Adaptive per-host interval after 429/503/timeouts: doubles, bounded, halves when healthy.
 BACKOFF_FLOOR = 0.25
 BACKOFF_CAP = 60.0
+# float() of more digits than this is past any sane wait (and 400 digits overflow it).
+_MAX_DELTA_DIGITS = 15
 
 
 def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> float | None:
@@ -35,20 +37,25 @@ def parse_retry_after(value: str | None, *, now: dt.datetime | None = None) -> f
     if value is None:
         return None
     text = value.strip()
-    if not text:
+    if not text or not text.isascii():
+        # RFC 9110 allows ASCII only; str.isdigit() and int() accept other digits ("²").
         return None
     if text.isdigit():
-        return float(int(text))
+        # A huge delta is "wait forever": max_retry_after turns it into an error record.
+        return float(text) if len(text) <= _MAX_DELTA_DIGITS else math.inf
     try:
         when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     if when is None:
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=dt.UTC)
     current = now or dt.datetime.now(dt.UTC)
-    return max(0.0, (when - current).total_seconds())
+    try:
+        return max(0.0, (when - current).total_seconds())
+    except OverflowError:  # pragma: no cover - both are bounded datetimes
+        return None
 
 
 def retry_delay(attempt: int, rng: random.Random) -> float:

@@ -14,6 +14,7 @@ from ._decode import BodyDecoder, DecodingError
 _LOC = re.compile(rb"<(?:[A-Za-z0-9_]+:)?loc\s*>\s*(.*?)\s*</(?:[A-Za-z0-9_]+:)?loc\s*>", re.S)
 _INDEX = re.compile(rb"<(?:[A-Za-z0-9_]+:)?sitemapindex[\s>]")
 _GZIP_MAGIC = b"\x1f\x8b"
+_CDATA = re.compile(r"<!\[CDATA\[(.*?)\]\]>", re.S)
 
 
 def parse_sitemap(body: bytes, max_bytes: int) -> tuple[list[str], bool]:
@@ -26,5 +27,20 @@ def parse_sitemap(body: bytes, max_bytes: int) -> tuple[list[str], bool]:
             body = decoder.feed(body) + decoder.flush()
         except DecodingError:
             return [], False
-    locs = [html.unescape(m.group(1).decode("utf-8", "replace")) for m in _LOC.finditer(body)]
+    locs = [_loc_text(m.group(1).decode("utf-8", "replace")) for m in _LOC.finditer(body)]
     return locs, _INDEX.search(body) is not None
+
+
+def _loc_text(raw: str) -> str:
+    """A `<loc>`'s text as an XML parser gives it: CDATA sections taken as they are,
+    character references resolved everywhere else."""
+    if "<![CDATA[" not in raw:
+        return html.unescape(raw)
+    parts: list[str] = []
+    end = 0
+    for match in _CDATA.finditer(raw):
+        parts.append(html.unescape(raw[end : match.start()]))
+        parts.append(match.group(1))
+        end = match.end()
+    parts.append(html.unescape(raw[end:]))
+    return "".join(parts).strip()

@@ -136,8 +136,26 @@ def test_parse_retry_after_both_forms() -> None:
     assert parse_retry_after(" 0 ") == 0.0
     assert parse_retry_after("Sun, 29 Nov 2026 12:00:30 GMT", now=now) == 30.0
     assert parse_retry_after("Sun, 29 Nov 2026 11:00:00 GMT", now=now) == 0.0
-    for bad in (None, "", "soon", "-5", "1.5e3x"):
+    for bad in (None, "", "soon", "-5", "1.5e3x", "\u00b2", "\u0663", "1\u00b2", "\x00"):
         assert parse_retry_after(bad) is None
+    assert parse_retry_after("9" * 400) == float("inf")  # 400 digits overflow float(int())
+    assert parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT", now=now) > 1e10
+    assert parse_retry_after("Mon, 99 Foo 99999999 99:99:99 GMT") is None
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"9" * 400, b"\xd9\xa3", b"Fri, 31 Dec 99999 GMT"])
+async def test_a_malformed_retry_after_costs_one_record(
+    autojump_clock: trio.testing.MockClock, value: bytes
+) -> None:
+    """Retry-After: ² once ended the whole crawl (str.isdigit() accepts it, int() does not)."""
+    site = MockSite(chain_site(A, 5, fanout=4))
+    site.pages[f"{A}/p/1"] = httpx.Response(503, headers=[(b"Retry-After", value)], text="busy")
+    with trio.fail_after(300):
+        pages, stats = await collect(config(obey_robots=False, retries=1), site)
+    assert set(pages) == set(site.pages)  # every page, once, the 503 included
+    assert pages[f"{A}/p/1"].error is not None
+    assert all(page.error is None for url, page in pages.items() if url != f"{A}/p/1")
+    assert stats.pages == len(site.pages)
 
 
 async def test_retry_after_pauses_the_host(autojump_clock: trio.testing.MockClock) -> None:
@@ -350,3 +368,36 @@ async def test_sitemaps_seed_the_frontier(autojump_clock: trio.testing.MockClock
     site.hits.clear()
     pages, _ = await collect(config(sitemaps=False), site)
     assert f"{A}/second" not in pages
+
+
+def test_sitemap_locs_in_cdata_are_kept() -> None:
+    from crawler._sitemaps import parse_sitemap
+
+    body = (
+        b"<urlset><url><loc><![CDATA[http://a.test/x?a=1&b=2]]></loc></url>"
+        b"<url><loc>\n  <![CDATA[ http://a.test/y ]]>\n</loc></url>"
+        b"<url><loc>http://a.test/z?a=1&amp;b=2</loc></url>"
+        b"<url><loc><![CDATA[http://a.test/&amp;]]></loc></url></urlset>"
+    )
+    locs, index = parse_sitemap(body, 1_000_000)
+    assert locs == [
+        "http://a.test/x?a=1&b=2",
+        "http://a.test/y",
+        "http://a.test/z?a=1&b=2",
+        "http://a.test/&amp;",  # CDATA is literal text: no entity is resolved in it
+    ]
+    assert not index
+
+
+async def test_cdata_sitemap_entries_are_crawled(autojump_clock: trio.testing.MockClock) -> None:
+    site = MockSite({f"{A}/": html("home", [])})
+    site.pages[f"{A}/robots.txt"] = robots("User-agent: *\n")
+    site.pages[f"{A}/sitemap.xml"] = httpx.Response(
+        200,
+        content=b"<urlset><url><loc><![CDATA[http://a.test/hidden]]></loc></url></urlset>",
+        headers={"Content-Type": "application/xml"},
+    )
+    site.pages[f"{A}/hidden"] = html("hidden", [])
+    with trio.fail_after(60):
+        pages, _ = await collect(config(sitemaps=True), site)
+    assert pages[f"{A}/hidden"].title == "hidden"
