@@ -26,6 +26,7 @@ import enum
 import json
 import os
 import sqlite3
+import threading
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +34,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
+
+from . import _shield
+from ._shield import bounded_shield, run_abandonable
 
 if TYPE_CHECKING:
     from ._config import CrawlConfig
@@ -321,6 +325,10 @@ class _Database:
         """Open (creating) the state in `directory`; without `lock`, only to read it."""
         self.directory = directory
         self._lock_fd: int | None = None
+        self._abandon_guard = threading.Lock()
+        self.abandoned = False
+        """Set when the async side gave up waiting for a commit: it must not land, and its
+        thread closes the connection when it ends."""
         try:
             directory.mkdir(parents=True, exist_ok=True)
             if lock:
@@ -446,19 +454,32 @@ class _Database:
         new_hosts: list[str] = []
         result = CommitResult()
         cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
         try:
-            self._apply(cur, batch, result, new_hosts)
-            cur.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                cur.execute("ROLLBACK")
-            self.totals, self.seq_hi, self.seq_lo, self.seen, self.admitted = saved
-            for origin in new_hosts:
-                del self.host_ids[origin]
-            raise
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                self._apply(cur, batch, result, new_hosts)
+                if self.abandoned:  # given up on: reported as not done, so it must not land
+                    raise sqlite3.OperationalError("commit abandoned")
+                cur.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                self.totals, self.seq_hi, self.seq_lo, self.seen, self.admitted = saved
+                for origin in new_hosts:
+                    del self.host_ids[origin]
+                raise
+        finally:
+            with self._abandon_guard:
+                close = self.abandoned
+            if close:
+                self.close()
         result.seen = self.seen
         return result
+
+    def abandon(self) -> None:
+        """Give up on the commit in progress (called from another thread)."""
+        with self._abandon_guard:
+            self.abandoned = True
 
     def _apply(
         self, cur: sqlite3.Cursor, batch: Batch, result: CommitResult, new_hosts: list[str]
@@ -760,6 +781,8 @@ class StateStore:
         self._db: _Database | None = None
         self._limiter = trio.CapacityLimiter(1)
         self.snapshot: Snapshot | None = None
+        self._broken: str | None = None
+        """Why the store is unusable: a commit was abandoned, its thread may still run."""
 
     @property
     def is_open(self) -> bool:
@@ -789,27 +812,55 @@ class StateStore:
     def _need(self) -> _Database:
         if self._db is None:
             raise RuntimeError("StateStore is not open")
+        if self._broken is not None:
+            raise StateError(self._broken)
         return self._db
 
     async def commit(self, batch: Batch) -> CommitResult:
+        """Apply `batch` in one transaction. A commit point: cancellation waits for it,
+        for at most SHIELD_LIMIT seconds; then it is abandoned (StateError) and never
+        lands, and the store can no longer be used."""
         db = self._need()
-        try:
-            return await self._call(db.commit, batch)
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot write crawl state in {self.directory}: {exc}") from None
+        result: CommitResult | None = None
+        limit = _shield.SHIELD_LIMIT
+        with bounded_shield(limit) as scope:
+            try:
+                result = await run_abandonable(db.commit, batch, limiter=self._limiter)
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot write crawl state in {self.directory}: {exc}") from None
+        if result is None:
+            assert scope.cancelled_caught
+            db.abandon()
+            self._broken = (
+                f"a commit to the crawl state in {self.directory} did not finish within "
+                f"{limit:g} s (a resumed crawl redoes what it held)"
+            )
+            raise StateError(self._broken)
+        return result
 
     async def load(self, origin: str, after: int | None, limit: int) -> list[QueuedRow]:
-        return await self._call(self._need().load, origin, after, limit)
+        return await self._read(self._need().load, origin, after, limit)
 
     async def contains(self, url: str) -> bool:
-        return await self._call(self._need().contains, url)
+        return await self._read(self._need().contains, url)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            # Abandoned when cancelled: a read that hangs holds nothing up.
+            return await run_abandonable(fn, *args, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read crawl state in {self.directory}: {exc}") from None
 
     async def aclose(self) -> None:
-        """Close the database and release the lock; immune to cancellation."""
+        """Close the database and release the lock; immune to cancellation, for at most
+        SHIELD_LIMIT seconds (then the close is left to its thread)."""
         db, self._db = self._db, None
-        if db is not None:
-            with trio.CancelScope(shield=True):
-                await self._call(db.close)
+        if db is None:
+            return
+        if self._broken is not None and self._limiter.borrowed_tokens:
+            return  # the abandoned commit's thread closes it when it ends
+        with bounded_shield():
+            await run_abandonable(db.close, limiter=self._limiter)
 
 
 def read_snapshot(directory: str | os.PathLike[str]) -> Snapshot | None:
