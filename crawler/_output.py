@@ -293,7 +293,19 @@ class _Writer:
                 if self._blocked():
                     self._closed = True  # the stuck thread owns the file: leave it be
                     return
-                await self._in_thread(self.close)
+                ended = threading.Event()
+
+                def close() -> None:
+                    try:
+                        self.close()
+                    finally:
+                        ended.set()
+
+                try:
+                    await _shield.run_abandonable(close)
+                except trio.Cancelled:
+                    self._stuck = ended  # past the bound: the thread keeps the file
+                    raise
 
     def _blocked(self) -> bool:
         return self._stuck is not None and not self._stuck.is_set()
@@ -303,10 +315,9 @@ class _Writer:
             raise OutputError(self.path, "an earlier write is still blocked")
 
     async def _in_thread(self, fn: Callable[..., None], *args: Any) -> None:
-        """`fn(*args)` in a thread. A started write runs to its end even if cancelled, for
-        at most SHIELD_LIMIT seconds; then it is abandoned (OutputError) and counts as
-        not done: its page is not marked done, and a resumed crawl redoes it."""
-        limit = _shield.SHIELD_LIMIT
+        """`fn(*args)` (a write) in a thread. Once cancelled, it is still waited for, for
+        at most SHIELD_LIMIT seconds; then it is abandoned (OutputError) and counts as not
+        done: its page is not marked done, and a resumed crawl redoes it."""
         ended = threading.Event()
 
         def work() -> None:
@@ -315,11 +326,15 @@ class _Writer:
             finally:
                 ended.set()
 
-        with _shield.bounded_shield(limit) as scope:
-            await _shield.run_abandonable(work)
-        if scope.cancelled_caught:
+        try:
+            await _shield.run_bounded(work)
+        except _shield.Abandoned:
             self._stuck = ended
-            raise OutputError(self.path, f"a write did not finish within {limit:g} s")
+            raise OutputError(
+                self.path,
+                "a write was still blocked well after the crawl was stopped "
+                "(a hung disk, or a pipe nobody reads?)",
+            ) from None
 
 
 class JsonLinesWriter(_Writer):

@@ -17,7 +17,15 @@ from typing import TypeVar
 import trio
 from trio.lowlevel import RunVar
 
-__all__ = ["SHIELD_LIMIT", "bounded_shield", "hurry", "run_abandonable", "threads_running"]
+__all__ = [
+    "SHIELD_LIMIT",
+    "Abandoned",
+    "bounded_shield",
+    "hurry",
+    "run_abandonable",
+    "run_bounded",
+    "threads_running",
+]
 
 T = TypeVar("T")
 
@@ -68,42 +76,67 @@ def _active_scopes() -> set[trio.CancelScope]:
         return active
 
 
-async def run_abandonable(
-    fn: Callable[..., T], *args: object, limiter: trio.CapacityLimiter | None = None
+class Abandoned(Exception):
+    """Work in a thread was given up on: past its bound after a cancellation."""
+
+
+async def run_bounded(
+    fn: Callable[..., T],
+    *args: object,
+    limiter: trio.CapacityLimiter | None = None,
+    limit: float | None = None,
 ) -> T:
-    """`fn(*args)` in a worker thread; on cancellation stop waiting for it at once.
+    """`fn(*args)` in a worker thread, waited for however long it takes unless cancelled.
 
-    An abandoned thread keeps its limiter token until it ends, so later calls through
-    the same limiter wait for it (and are bounded by their own shields)."""
+    Once cancelled, a call whose thread has started is still waited for, shielded, for
+    at most `limit` seconds (default SHIELD_LIMIT; less after `hurry`): its result is
+    returned if it ends in time (a commit or a write that ran counts), else `Abandoned`
+    is raised and the thread runs on, its result thrown away. An abandoned thread keeps
+    its limiter token until it ends."""
     global _running
-    # [started, given up before the thread started]
-    status = [False, False]
+    started = threading.Event()
+    ended = threading.Event()
+    outcome: list[T] = []
+    error: list[BaseException] = []
 
-    def counted() -> T:
+    def work() -> None:
         global _running
         with _lock:
-            if status[1]:
-                raise RuntimeError("abandoned before it started")  # pragma: no cover
-            status[0] = True
+            _running += 1
+        started.set()
         try:
-            return fn(*args)
+            outcome.append(fn(*args))
+        except BaseException as exc:  # handed back to the caller below
+            error.append(exc)
         finally:
+            ended.set()
             with _lock:
                 _running -= 1
 
-    with _lock:
-        _running += 1
     try:
-        return await trio.to_thread.run_sync(counted, limiter=limiter, abandon_on_cancel=True)
-    except BaseException:
-        with _lock:
-            if not status[0] and not status[1]:
-                status[1] = True
-                _running -= 1
-        raise
+        await trio.to_thread.run_sync(work, limiter=limiter, abandon_on_cancel=True)
+    except trio.Cancelled:
+        if not started.is_set() or limit == 0:
+            raise  # never ran, or not to be waited for
+        with bounded_shield(limit):
+            while not ended.is_set():  # noqa: ASYNC110 - a thread, polled only while stopping
+                await trio.sleep(0.01)
+        if not ended.is_set():
+            raise Abandoned from None
+    if error:
+        raise error[0]
+    return outcome[0]
+
+
+async def run_abandonable(
+    fn: Callable[..., T], *args: object, limiter: trio.CapacityLimiter | None = None
+) -> T:
+    """`fn(*args)` in a worker thread, given up on at once when cancelled (for a close
+    inside a bounded shield: its deadline is the bound)."""
+    return await run_bounded(fn, *args, limiter=limiter, limit=0)
 
 
 def threads_running() -> int:
-    """Calls of `run_abandonable` whose thread has not ended (abandoned ones included)."""
+    """Calls of `run_bounded` whose thread has not ended (abandoned ones included)."""
     with _lock:
         return _running

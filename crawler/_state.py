@@ -35,8 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from . import _shield
-from ._shield import bounded_shield, run_abandonable
+from ._shield import Abandoned, bounded_shield, run_abandonable, run_bounded
 
 if TYPE_CHECKING:
     from ._config import CrawlConfig
@@ -818,25 +817,21 @@ class StateStore:
 
     async def commit(self, batch: Batch) -> CommitResult:
         """Apply `batch` in one transaction. A commit point: cancellation waits for it,
-        for at most SHIELD_LIMIT seconds; then it is abandoned (StateError) and never
-        lands, and the store can no longer be used."""
+        for at most SHIELD_LIMIT seconds; then it is abandoned (StateError), never lands,
+        and the store can no longer be used."""
         db = self._need()
-        result: CommitResult | None = None
-        limit = _shield.SHIELD_LIMIT
-        with bounded_shield(limit) as scope:
-            try:
-                result = await run_abandonable(db.commit, batch, limiter=self._limiter)
-            except sqlite3.Error as exc:
-                raise StateError(f"cannot write crawl state in {self.directory}: {exc}") from None
-        if result is None:
-            assert scope.cancelled_caught
+        try:
+            return await run_bounded(db.commit, batch, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot write crawl state in {self.directory}: {exc}") from None
+        except Abandoned:
             db.abandon()
             self._broken = (
-                f"a commit to the crawl state in {self.directory} did not finish within "
-                f"{limit:g} s (a resumed crawl redoes what it held)"
+                f"a commit to the crawl state in {self.directory} was still running "
+                "well after the crawl was stopped (a hung disk?): given up on, not "
+                "committed; a resumed crawl redoes it"
             )
-            raise StateError(self._broken)
-        return result
+            raise StateError(self._broken) from None
 
     async def load(self, origin: str, after: int | None, limit: int) -> list[QueuedRow]:
         return await self._read(self._need().load, origin, after, limit)
@@ -846,7 +841,7 @@ class StateStore:
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            # Abandoned when cancelled: a read that hangs holds nothing up.
+            # Given up on when cancelled: a read that hangs holds nothing up.
             return await run_abandonable(fn, *args, limiter=self._limiter)
         except sqlite3.Error as exc:
             raise StateError(f"cannot read crawl state in {self.directory}: {exc}") from None
