@@ -27,6 +27,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from ._shield import Abandoned, bounded_shield, run_abandonable, run_bounded
+from ._shield import bounded_shield, run_abandonable
 
 if TYPE_CHECKING:
     from ._config import CrawlConfig
@@ -64,6 +65,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 DB_NAME = "crawl.sqlite3"
 LOCK_NAME = "crawl.lock"
+LOCK_TRIES = 10
+"""Tries, 50 ms apart, at the lock: `lock_holder` holds it for an instant."""
 FLAG_SITEMAP = 1
 
 T = TypeVar("T")
@@ -329,12 +332,17 @@ class _Database:
         """Set when the async side gave up waiting for a commit: it must not land, and its
         thread closes the connection when it ends."""
         try:
-            directory.mkdir(parents=True, exist_ok=True)
             if lock:
+                directory.mkdir(parents=True, exist_ok=True)
                 self._lock_fd = _lock(directory / LOCK_NAME)
-            self.conn = sqlite3.connect(
-                directory / DB_NAME, isolation_level=None, check_same_thread=False
-            )
+                self.conn = sqlite3.connect(
+                    directory / DB_NAME, isolation_level=None, check_same_thread=False
+                )
+            else:  # read only: no lock, no pid file, no schema; WAL readers block no writer
+                uri = (directory / DB_NAME).absolute().as_uri() + "?mode=ro"
+                self.conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False
+                )
         except OSError as exc:
             self._unlock()
             raise StateError(f"cannot use state directory {directory}: {_reason(exc)}") from None
@@ -752,12 +760,17 @@ def _lock(path: Path) -> int:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no cross-process guard
         return fd
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-        os.close(fd)
-        raise StateError(f"{path.parent} is in use by another crawl (pid {holder})") from None
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt + 1 < LOCK_TRIES:
+                time.sleep(0.05)  # maybe only a `--status` probing it (lock_holder)
+                continue
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StateError(f"{path.parent} is in use by another crawl (pid {holder})") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
@@ -820,18 +833,24 @@ class StateStore:
         for at most SHIELD_LIMIT seconds; then it is abandoned (StateError), never lands,
         and the store can no longer be used."""
         db = self._need()
-        try:
-            return await run_bounded(db.commit, batch, limiter=self._limiter)
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot write crawl state in {self.directory}: {exc}") from None
-        except Abandoned:
-            db.abandon()
-            self._broken = (
-                f"a commit to the crawl state in {self.directory} was still running "
-                "well after the crawl was stopped (a hung disk?): given up on, not "
-                "committed; a resumed crawl redoes it"
-            )
-            raise StateError(self._broken) from None
+        result: CommitResult | None = None
+        # Shielded from the start (run_bounded's shield starts only once the thread runs,
+        # and a commit cancelled just before would be lost with its batch).
+        with bounded_shield():
+            try:
+                result = await run_abandonable(db.commit, batch, limiter=self._limiter)
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot write crawl state in {self.directory}: {exc}") from None
+        if result is not None:
+            return result
+        # The bound passed: given up on.
+        db.abandon()
+        self._broken = (
+            f"a commit to the crawl state in {self.directory} was still running "
+            "well after the crawl was stopped (a hung disk?): given up on, not "
+            "committed; a resumed crawl redoes it"
+        )
+        raise StateError(self._broken) from None
 
     async def load(self, origin: str, after: int | None, limit: int) -> list[QueuedRow]:
         return await self._read(self._need().load, origin, after, limit)
@@ -841,8 +860,9 @@ class StateStore:
 
     async def _read(self, fn: Callable[..., T], *args: Any) -> T:
         try:
-            # Given up on when cancelled: a read that hangs holds nothing up.
-            return await run_abandonable(fn, *args, limiter=self._limiter)
+            # Not abandoned: a cancelled read still holding the limiter made a commit
+            # waiting behind it lose its batch (see the report on the stop branch).
+            return await self._call(fn, *args)
         except sqlite3.Error as exc:
             raise StateError(f"cannot read crawl state in {self.directory}: {exc}") from None
 
@@ -873,17 +893,26 @@ def read_snapshot(directory: str | os.PathLike[str]) -> Snapshot | None:
 def lock_holder(directory: str | os.PathLike[str]) -> int | None:
     """The pid of the crawl using a state directory now, or None; blocking."""
     path = Path(directory) / LOCK_NAME
-    if not path.exists():
+    try:
+        # Read only: never creates or rewrites the pid file, and the shared lock taken
+        # to probe is held for an instant (a crawl starting then retries: see _lock).
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {_reason(exc)}") from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no cross-process guard
+        os.close(fd)
         return None
     try:
-        fd = _lock(path)
-    except StateError:
-        try:
-            text = path.read_text(encoding="ascii", errors="replace").strip()
-        except OSError:  # pragma: no cover - removed in between
-            return None
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
         return int(text) if text.isdigit() else -1
-    os.close(fd)
+    finally:
+        os.close(fd)
     return None
 
 
