@@ -39,6 +39,7 @@ from ._config import CrawlConfig, MiB
 from ._engine import Crawl, open_crawl
 from ._output import JsonLinesWriter, OutputError, WarcWriter
 from ._page import Page, Statistics
+from ._shield import hurry, threads_running
 from ._state import (
     Snapshot,
     StateError,
@@ -58,6 +59,11 @@ EXIT_FATAL = 1
 EXIT_USAGE = 2
 GRACE_PERIOD = 5.0
 """Seconds in-flight requests get to finish after the first SIGINT/SIGTERM."""
+STOP_NOW_LIMIT = 2.0
+"""Seconds a stop-now leaves a commit or a close that a hung disk holds up, before
+abandoning it (a healthy one takes milliseconds)."""
+FORCE_EXIT_AFTER = 4.0
+"""Seconds after a stop-now before the process exits whatever blocks it (os._exit)."""
 PROGRESS_INTERVAL = 0.25
 RATE_WINDOW = 5.0
 TOP_HOSTS = 5
@@ -736,6 +742,7 @@ class _Run:
         self.usage: str | None = None
         """A usage error found once running (a state that is another crawl's): exit 2."""
         self.work_scope = trio.CancelScope()
+        self.watchdog: threading.Timer | None = None
         self.outputs: list[tuple[str, str]] = []
         self.names = _output_names(options)
         """Output files by role ("jsonl", "warc"), as a state names them."""
@@ -762,7 +769,8 @@ class _Run:
                 return EXIT_USAGE
             if self.fatal is not None:
                 print(f"{PROG}: error: {self.fatal}", file=sys.stderr, flush=True)
-                return EXIT_FATAL
+                if not (self.hard_stop and self.signal is not None):
+                    return EXIT_FATAL  # else: most likely a write abandoned by the stop
             if self.signal is not None:
                 return 128 + self.signal
             return EXIT_OK
@@ -964,6 +972,7 @@ class _Run:
             self.hard_stop = True
             self.stop_how = f"in-flight requests cancelled after {GRACE_PERIOD:g} s"
             self.crawl.stop(graceful=False)
+            self._bound_the_stop()
 
     def _stop_now(self) -> None:
         self.hard_stop = True
@@ -972,6 +981,24 @@ class _Run:
             self.stats = self.crawl.statistics()
             self.crawl.stop(graceful=False)
         self.work_scope.cancel()
+        self._bound_the_stop()
+
+    def _bound_the_stop(self) -> None:
+        """From now on the process ends within FORCE_EXIT_AFTER seconds, whatever the disk
+        or the stdout pipe is doing: commits and closes are cut short (what was committed
+        stays committed; a resumed crawl redoes the rest), and a watchdog thread ends the
+        process if even that is not enough (a write stuck where trio cannot reach it)."""
+        hurry(STOP_NOW_LIMIT)
+        if self.watchdog is not None:
+            return
+        code = 128 + (self.signal if self.signal is not None else signal.SIGINT)
+        self.watchdog = threading.Timer(FORCE_EXIT_AFTER, _force_exit, (code, FORCE_EXIT_AFTER))
+        self.watchdog.daemon = True
+        self.watchdog.start()
+
+    def cancel_watchdog(self) -> None:
+        if self.watchdog is not None:
+            self.watchdog.cancel()
 
     async def _show_progress(self, crawl: Crawl) -> None:
         from rich.console import Console
@@ -1157,6 +1184,19 @@ def _on_late_sigterm(signum: int, frame: object) -> None:
     raise _Terminated
 
 
+def _force_exit(code: int, after: float | None) -> NoReturn:
+    """The last resort: one line on stderr (a raw write: a stuck thread may hold the
+    stream's lock), then exit without flushing stdout, which may be what is stuck."""
+    when = f"{after:g} s after stopping" if after is not None else "after the crawl ended"
+    with contextlib.suppress(OSError):
+        os.write(
+            2,
+            f"{PROG}: a write is still blocked {when} (a hung disk or an unread stdout?): "
+            "exiting without waiting for it\n".encode(),
+        )
+    os._exit(code)
+
+
 def _contains(exc: BaseException, kind: type[BaseException]) -> bool:
     if isinstance(exc, kind):
         return True
@@ -1197,8 +1237,9 @@ def _main(argv: Sequence[str] | None) -> int:
     previous: Any = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_late_sigterm)
+    run = _Run(options)
     try:
-        code = trio.run(_Run(options).main)
+        code = trio.run(run.main)
     except BaseException as exc:
         if _contains(exc, KeyboardInterrupt):
             return 128 + signal.SIGINT
@@ -1206,8 +1247,15 @@ def _main(argv: Sequence[str] | None) -> int:
             return 128 + signal.SIGTERM
         raise
     finally:
+        run.cancel_watchdog()
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+    if threads_running():
+        # An abandoned write still holds a file (or stdout's lock): exiting normally
+        # would block on it at interpreter shutdown.
+        with contextlib.suppress(OSError, ValueError):
+            sys.stderr.flush()
+        _force_exit(code, None)
     if options.output == "-":
         _quiet_stdout_on_exit()
     return code

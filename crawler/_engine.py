@@ -29,6 +29,7 @@ from ._frontier import Frontier, Host, Request
 from ._page import ErrorKind, HostStatistics, Page, PageError, Statistics
 from ._retry import Action, judge, redirect_target, retry_delay
 from ._robots import Robots, RobotsStatus, robots_from_response
+from ._shield import bounded_shield
 from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
 from ._urls import origin_of
 
@@ -712,7 +713,8 @@ class Crawl:
                 await self._commit()
         finally:
             if not self._state_failed:
-                with trio.CancelScope(shield=True):
+                # Bounded: a hung disk must not keep a cancelled crawl alive.
+                with bounded_shield():
                     await self._commit()
 
     async def _commit(self) -> None:

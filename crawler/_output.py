@@ -4,7 +4,9 @@ Both writers are async context managers that do their file I/O off the event
 loop (``trio.to_thread.run_sync``), batch whatever is ready when several tasks
 write at once, and leave only complete lines / complete records behind, even
 when the crawl is cancelled half-way: a write that has started always runs to
-its end, and ``close()`` writes whatever is still pending before closing.
+its end, and ``close()`` writes whatever is still pending before closing. Both
+wait at most ``SHIELD_LIMIT`` (10) seconds after a cancellation: a write stuck on
+a hung disk or a full pipe is then abandoned, and its page counts as not written.
 
 JSON Lines schema
 -----------------
@@ -73,6 +75,7 @@ import os
 import socket
 import stat
 import sys
+import threading
 from collections.abc import Callable
 from dataclasses import fields
 from pathlib import Path
@@ -82,6 +85,7 @@ from typing import IO, Any, Self
 import httpx
 import trio
 
+from . import _shield
 from ._config import CrawlConfig
 from ._page import Exchange, Page
 from ._version import __version__
@@ -255,6 +259,8 @@ class _Writer:
         self._lock = trio.Lock()
         self._position = resume_at or 0
         self._closed = False
+        self._stuck: threading.Event | None = None
+        """Set when the thread of an abandoned write or close ends (it owns the file till then)."""
 
     @property
     def position(self) -> int:
@@ -280,10 +286,55 @@ class _Writer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """`close()` off the event loop, after any write in progress; immune to cancellation."""
-        with trio.CancelScope(shield=True):
+        """`close()` off the event loop, after any write in progress; immune to cancellation,
+        for at most SHIELD_LIMIT seconds."""
+        with _shield.bounded_shield():
             async with self._lock:
-                await trio.to_thread.run_sync(self.close)
+                if self._blocked():
+                    self._closed = True  # the stuck thread owns the file: leave it be
+                    return
+                ended = threading.Event()
+
+                def close() -> None:
+                    try:
+                        self.close()
+                    finally:
+                        ended.set()
+
+                try:
+                    await _shield.run_abandonable(close)
+                except trio.Cancelled:
+                    self._stuck = ended  # past the bound: the thread keeps the file
+                    raise
+
+    def _blocked(self) -> bool:
+        return self._stuck is not None and not self._stuck.is_set()
+
+    def _check_blocked(self) -> None:
+        if self._blocked():
+            raise OutputError(self.path, "an earlier write is still blocked")
+
+    async def _in_thread(self, fn: Callable[..., None], *args: Any) -> None:
+        """`fn(*args)` (a write) in a thread. Once cancelled, it is still waited for, for
+        at most SHIELD_LIMIT seconds; then it is abandoned (OutputError) and counts as not
+        done: its page is not marked done, and a resumed crawl redoes it."""
+        ended = threading.Event()
+
+        def work() -> None:
+            try:
+                fn(*args)
+            finally:
+                ended.set()
+
+        try:
+            await _shield.run_bounded(work)
+        except _shield.Abandoned:
+            self._stuck = ended
+            raise OutputError(
+                self.path,
+                "a write was still blocked well after the crawl was stopped "
+                "(a hung disk, or a pipe nobody reads?)",
+            ) from None
 
 
 class JsonLinesWriter(_Writer):
@@ -330,6 +381,7 @@ class JsonLinesWriter(_Writer):
         """Append one line for `page`; return when it (and any line queued before it) is written."""
         if self._sink is None or self._closed:
             raise RuntimeError("JsonLinesWriter is not open")
+        self._check_blocked()
         line = _encode_line(page)
         if self._sink.regular:
             # One line into a regular file is a page-cache copy of a few microseconds;
@@ -349,7 +401,8 @@ class JsonLinesWriter(_Writer):
             if not self._pending:
                 return  # a concurrent writer already wrote ours
             batch, self._pending = self._pending, []
-            await trio.to_thread.run_sync(self._write_batch, self._sink, batch)
+            self._check_blocked()
+            await self._in_thread(self._write_batch, self._sink, batch)
 
     def _write_batch(self, sink: _Sink, batch: list[bytes]) -> None:
         data = b"".join(batch) if len(batch) > 1 else batch[0]
@@ -562,12 +615,14 @@ class WarcWriter(_Writer):
             raise RuntimeError("WarcWriter is not open")
         if not page.exchanges:
             return
+        self._check_blocked()
         self._pending.append(page)
         async with self._lock:
             if not self._pending:
                 return
             batch, self._pending = self._pending, []
-            await trio.to_thread.run_sync(self._write_pages, batch)
+            self._check_blocked()
+            await self._in_thread(self._write_pages, batch)
 
     def _write_pages(self, pages: list[Page]) -> None:
         file = self._out

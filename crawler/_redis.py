@@ -58,6 +58,7 @@ from urllib.parse import unquote, urlsplit
 import trio
 
 from ._retry import BACKOFF_CAP, BACKOFF_FLOOR
+from ._shield import bounded_shield
 
 if TYPE_CHECKING:
     import coredis
@@ -822,8 +823,7 @@ class RedisFrontier:
         Shielded from cancellation (for at most SETTLE_TIMEOUT), like `settle`: a claim
         whose answer were lost would leave its leases to expire unused."""
         raw: list[str] | None = None
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + SETTLE_TIMEOUT
+        with bounded_shield(SETTLE_TIMEOUT):
             raw = cast(
                 list[str], await self._call(self._claim, n, repr(self.lease), self.worker_id)
             )
@@ -863,8 +863,7 @@ class RedisFrontier:
         """`settle` for several outcomes, applied in order in one atomic step."""
         mine = [_Settling(op) for op in ops]
         self._settling.extend(mine)
-        with trio.CancelScope(shield=True) as scope:
-            scope.deadline = trio.current_time() + SETTLE_TIMEOUT
+        with bounded_shield(SETTLE_TIMEOUT):
             async with self._settle_lock:
                 if any(s.code is None for s in mine) and self._settling:
                     batch, self._settling = self._settling, []

@@ -26,6 +26,8 @@ import enum
 import json
 import os
 import sqlite3
+import threading
+import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,6 +35,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
+
+from ._shield import bounded_shield, run_abandonable
 
 if TYPE_CHECKING:
     from ._config import CrawlConfig
@@ -61,6 +65,8 @@ __all__ = [
 SCHEMA_VERSION = 1
 DB_NAME = "crawl.sqlite3"
 LOCK_NAME = "crawl.lock"
+LOCK_TRIES = 10
+"""Tries, 50 ms apart, at the lock: `lock_holder` holds it for an instant."""
 FLAG_SITEMAP = 1
 
 T = TypeVar("T")
@@ -321,13 +327,22 @@ class _Database:
         """Open (creating) the state in `directory`; without `lock`, only to read it."""
         self.directory = directory
         self._lock_fd: int | None = None
+        self._abandon_guard = threading.Lock()
+        self.abandoned = False
+        """Set when the async side gave up waiting for a commit: it must not land, and its
+        thread closes the connection when it ends."""
         try:
-            directory.mkdir(parents=True, exist_ok=True)
             if lock:
+                directory.mkdir(parents=True, exist_ok=True)
                 self._lock_fd = _lock(directory / LOCK_NAME)
-            self.conn = sqlite3.connect(
-                directory / DB_NAME, isolation_level=None, check_same_thread=False
-            )
+                self.conn = sqlite3.connect(
+                    directory / DB_NAME, isolation_level=None, check_same_thread=False
+                )
+            else:  # read only: no lock, no pid file, no schema; WAL readers block no writer
+                uri = (directory / DB_NAME).absolute().as_uri() + "?mode=ro"
+                self.conn = sqlite3.connect(
+                    uri, uri=True, isolation_level=None, check_same_thread=False
+                )
         except OSError as exc:
             self._unlock()
             raise StateError(f"cannot use state directory {directory}: {_reason(exc)}") from None
@@ -446,19 +461,32 @@ class _Database:
         new_hosts: list[str] = []
         result = CommitResult()
         cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
         try:
-            self._apply(cur, batch, result, new_hosts)
-            cur.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                cur.execute("ROLLBACK")
-            self.totals, self.seq_hi, self.seq_lo, self.seen, self.admitted = saved
-            for origin in new_hosts:
-                del self.host_ids[origin]
-            raise
+            cur.execute("BEGIN IMMEDIATE")
+            try:
+                self._apply(cur, batch, result, new_hosts)
+                if self.abandoned:  # given up on: reported as not done, so it must not land
+                    raise sqlite3.OperationalError("commit abandoned")
+                cur.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(sqlite3.Error):
+                    cur.execute("ROLLBACK")
+                self.totals, self.seq_hi, self.seq_lo, self.seen, self.admitted = saved
+                for origin in new_hosts:
+                    del self.host_ids[origin]
+                raise
+        finally:
+            with self._abandon_guard:
+                close = self.abandoned
+            if close:
+                self.close()
         result.seen = self.seen
         return result
+
+    def abandon(self) -> None:
+        """Give up on the commit in progress (called from another thread)."""
+        with self._abandon_guard:
+            self.abandoned = True
 
     def _apply(
         self, cur: sqlite3.Cursor, batch: Batch, result: CommitResult, new_hosts: list[str]
@@ -732,12 +760,17 @@ def _lock(path: Path) -> int:
         import fcntl
     except ImportError:  # pragma: no cover - not POSIX: no cross-process guard
         return fd
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
-        os.close(fd)
-        raise StateError(f"{path.parent} is in use by another crawl (pid {holder})") from None
+    for attempt in range(LOCK_TRIES):
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if attempt + 1 < LOCK_TRIES:
+                time.sleep(0.05)  # maybe only a `--status` probing it (lock_holder)
+                continue
+            holder = os.read(fd, 32).decode("ascii", "replace").strip() or "?"
+            os.close(fd)
+            raise StateError(f"{path.parent} is in use by another crawl (pid {holder})") from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
@@ -760,6 +793,8 @@ class StateStore:
         self._db: _Database | None = None
         self._limiter = trio.CapacityLimiter(1)
         self.snapshot: Snapshot | None = None
+        self._broken: str | None = None
+        """Why the store is unusable: a commit was abandoned, its thread may still run."""
 
     @property
     def is_open(self) -> bool:
@@ -789,27 +824,58 @@ class StateStore:
     def _need(self) -> _Database:
         if self._db is None:
             raise RuntimeError("StateStore is not open")
+        if self._broken is not None:
+            raise StateError(self._broken)
         return self._db
 
     async def commit(self, batch: Batch) -> CommitResult:
+        """Apply `batch` in one transaction. A commit point: cancellation waits for it,
+        for at most SHIELD_LIMIT seconds; then it is abandoned (StateError), never lands,
+        and the store can no longer be used."""
         db = self._need()
-        try:
-            return await self._call(db.commit, batch)
-        except sqlite3.Error as exc:
-            raise StateError(f"cannot write crawl state in {self.directory}: {exc}") from None
+        result: CommitResult | None = None
+        # Shielded from the start (run_bounded's shield starts only once the thread runs,
+        # and a commit cancelled just before would be lost with its batch).
+        with bounded_shield():
+            try:
+                result = await run_abandonable(db.commit, batch, limiter=self._limiter)
+            except sqlite3.Error as exc:
+                raise StateError(f"cannot write crawl state in {self.directory}: {exc}") from None
+        if result is not None:
+            return result
+        # The bound passed: given up on.
+        db.abandon()
+        self._broken = (
+            f"a commit to the crawl state in {self.directory} was still running "
+            "well after the crawl was stopped (a hung disk?): given up on, not "
+            "committed; a resumed crawl redoes it"
+        )
+        raise StateError(self._broken) from None
 
     async def load(self, origin: str, after: int | None, limit: int) -> list[QueuedRow]:
-        return await self._call(self._need().load, origin, after, limit)
+        return await self._read(self._need().load, origin, after, limit)
 
     async def contains(self, url: str) -> bool:
-        return await self._call(self._need().contains, url)
+        return await self._read(self._need().contains, url)
+
+    async def _read(self, fn: Callable[..., T], *args: Any) -> T:
+        try:
+            # Not abandoned: a cancelled read still holding the limiter made a commit
+            # waiting behind it lose its batch (see the report on the stop branch).
+            return await self._call(fn, *args)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot read crawl state in {self.directory}: {exc}") from None
 
     async def aclose(self) -> None:
-        """Close the database and release the lock; immune to cancellation."""
+        """Close the database and release the lock; immune to cancellation, for at most
+        SHIELD_LIMIT seconds (then the close is left to its thread)."""
         db, self._db = self._db, None
-        if db is not None:
-            with trio.CancelScope(shield=True):
-                await self._call(db.close)
+        if db is None:
+            return
+        if self._broken is not None and self._limiter.borrowed_tokens:
+            return  # the abandoned commit's thread closes it when it ends
+        with bounded_shield():
+            await run_abandonable(db.close, limiter=self._limiter)
 
 
 def read_snapshot(directory: str | os.PathLike[str]) -> Snapshot | None:
@@ -827,17 +893,26 @@ def read_snapshot(directory: str | os.PathLike[str]) -> Snapshot | None:
 def lock_holder(directory: str | os.PathLike[str]) -> int | None:
     """The pid of the crawl using a state directory now, or None; blocking."""
     path = Path(directory) / LOCK_NAME
-    if not path.exists():
+    try:
+        # Read only: never creates or rewrites the pid file, and the shared lock taken
+        # to probe is held for an instant (a crawl starting then retries: see _lock).
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StateError(f"cannot read {path}: {_reason(exc)}") from None
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX: no cross-process guard
+        os.close(fd)
         return None
     try:
-        fd = _lock(path)
-    except StateError:
-        try:
-            text = path.read_text(encoding="ascii", errors="replace").strip()
-        except OSError:  # pragma: no cover - removed in between
-            return None
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.read(fd, 32).decode("ascii", "replace").strip()
         return int(text) if text.isdigit() else -1
-    os.close(fd)
+    finally:
+        os.close(fd)
     return None
 
 

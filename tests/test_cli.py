@@ -564,3 +564,50 @@ async def test_progress_display_on_a_terminal(tmp_path: Path, small_site: SiteSe
     assert "/s" in text
     assert "crawl summary" in text
     assert len(read_jsonl(tmp_path / "pages.jsonl")) == 30
+
+
+async def _stuck_on_stdout(tmp_path: Path, *extra: str) -> tuple[trio.Process, Path]:
+    """A crawl writing pages to a stdout pipe nobody reads, once the pipe is full."""
+    err = tmp_path / "stderr.txt"
+    with _create(err) as stderr:
+        process = await trio.lowlevel.open_process(
+            [sys.executable, "-m", "crawler", "-o", "-", "--rate", "0", "--ignore-robots", *extra],
+            cwd=ROOT,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,  # never read: the pipe fills and writes block
+            stderr=stderr,
+        )
+    return process, err
+
+
+@pytest.mark.parametrize(
+    ("signals", "code"),
+    [((signal.SIGINT, signal.SIGINT), 130), ((signal.SIGTERM, signal.SIGTERM), 143)],
+)
+async def test_stop_now_ends_the_process_even_with_stdout_blocked(
+    tmp_path: Path, signals: tuple[int, int], code: int
+) -> None:
+    from crawler._cli import FORCE_EXIT_AFTER
+
+    async with open_site_server(ports=1, pages=2000, links_per_page=20) as server:
+        process, err = await _stuck_on_stdout(tmp_path, server.url(0), "--state", str(tmp_path))
+        try:
+            await trio.sleep(3)  # some 64 KiB of lines: the pipe is full, the writer stuck
+            assert process.poll() is None, err.read_text()
+            process.send_signal(signals[0])
+            await trio.sleep(0.3)
+            process.send_signal(signals[1])
+            start = trio.current_time()
+            with trio.fail_after(FORCE_EXIT_AFTER + 4):
+                assert await process.wait() == code
+            assert trio.current_time() - start < FORCE_EXIT_AFTER + 2
+        finally:
+            if process.poll() is None:  # pragma: no cover - only on failure
+                process.kill()
+                await process.wait()
+            assert process.stdout is not None
+            await process.stdout.aclose()
+    stderr = err.read_text()
+    assert "Traceback" not in stderr, stderr
+    assert "again: stopping now." in stderr

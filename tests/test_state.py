@@ -6,6 +6,7 @@ Crash-and-resume of the real command (SIGKILL, SIGINT) is in test_resume.py."""
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -35,7 +36,7 @@ from crawler._state import (
 )
 from tests.mocksite import MockSite, chain_site, html
 from tests.siteserver import SiteServer, open_site_server
-from tests.test_cli import ROOT, _env, read_jsonl, warc_contents
+from tests.test_cli import ROOT, RUN_TIMEOUT, _env, read_jsonl, warc_contents
 from tests.test_output import make_page
 
 A = "http://a.test"
@@ -649,3 +650,95 @@ async def test_metrics_port_in_use_is_a_fatal_error(tmp_path: Path) -> None:
     )
     code, _, err = await run("http://127.0.0.1:1/", "--metrics", "9100")
     assert code == 2 and "--metrics: expected HOST:PORT, got '9100'" in err
+
+
+# ---------------------------------------------------------------------------
+# Errors and --status
+
+
+async def test_load_and_contains_report_a_broken_state_as_state_error(tmp_path: Path) -> None:
+    store = StateStore(tmp_path, config(tmp_path))
+    await store.open()
+    await store.commit(Batch(inserts=[new(f"{A}/", 0)]))
+    assert await store.contains(f"{A}/")
+    with sqlite3.connect(tmp_path / DB_NAME) as conn:  # behind the store's back
+        conn.execute("DROP TABLE urls")
+    with pytest.raises(StateError, match="cannot read crawl state"):
+        await store.load(A, None, 10)
+    with pytest.raises(StateError, match="cannot read crawl state"):
+        await store.contains(f"{A}/")
+    await store.aclose()
+
+
+async def test_load_of_a_state_overwritten_with_garbage_is_a_state_error(tmp_path: Path) -> None:
+    store = StateStore(tmp_path, config(tmp_path))
+    await store.open()
+    await store.commit(Batch(inserts=[new(f"{A}/{i}", 0) for i in range(2000)]))
+    await store.aclose()
+    await store.open()
+    db = tmp_path / DB_NAME
+    data = db.read_bytes()
+    db.write_bytes(data[:100] + b"\xa5" * (len(data) - 100))  # all but the header: garbage
+    with pytest.raises(StateError, match="cannot read crawl state"):
+        await store.load(A, None, 10)
+    with pytest.raises(StateError, match="cannot read crawl state"):
+        await store.contains(f"{A}/7")
+    await store.aclose()
+
+
+async def test_status_reads_without_the_lock_or_the_pid_file(tmp_path: Path) -> None:
+    from crawler._state import LOCK_NAME, lock_holder
+
+    store = StateStore(tmp_path, config(tmp_path))
+    await store.open()
+    await store.commit(Batch(inserts=[new(f"{A}/", 0)]))
+    pid_file = tmp_path / LOCK_NAME
+    before = (pid_file.read_bytes(), pid_file.stat().st_mtime_ns)
+    with trio.fail_after(RUN_TIMEOUT):
+        done = await trio.run_process(
+            [sys.executable, "-m", "crawler", "--state", str(tmp_path), "--status"],
+            cwd=ROOT,
+            env=_env(),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+    assert done.returncode == 0, done.stderr
+    assert f"status: running (pid {os.getpid()})" in done.stdout.decode()
+    assert (pid_file.read_bytes(), pid_file.stat().st_mtime_ns) == before
+    await store.aclose()
+
+    # Stopped: the probe leaves the pid file alone too, and the lock free.
+    before = (pid_file.read_bytes(), pid_file.stat().st_mtime_ns)
+    assert lock_holder(tmp_path) is None
+    snapshot = read_snapshot(tmp_path)
+    assert snapshot is not None and snapshot.queued == 1
+    assert (pid_file.read_bytes(), pid_file.stat().st_mtime_ns) == before
+    again = StateStore(tmp_path, config(tmp_path))
+    await again.open()  # the lock can be taken
+    await again.aclose()
+
+
+async def test_a_crawl_starts_while_status_probes_the_lock(tmp_path: Path) -> None:
+    import fcntl
+
+    from crawler._state import LOCK_NAME
+
+    store = StateStore(tmp_path, config(tmp_path))
+    await store.open()
+    await store.aclose()
+    # What lock_holder does, held a little longer: a crawl starting now waits it out.
+    fd = os.open(tmp_path / LOCK_NAME, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    try:
+        with trio.fail_after(5):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(store.open)
+                await trio.sleep(0.1)
+                os.close(fd)
+                fd = -1
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    assert store.is_open
+    await store.aclose()
