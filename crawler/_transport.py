@@ -29,6 +29,7 @@ Invariants:
 from __future__ import annotations
 
 import math
+import os
 import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -82,14 +83,33 @@ class Reply:
     the end returns the connection to the pool, ``aclose()`` before that closes it."""
 
 
-def _default_ssl_context() -> ssl.SSLContext:
-    """A verifying client context: certifi's CA bundle, else the system store."""
-    try:
-        import certifi
+def _default_ssl_context(ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """A verifying client context.
 
-        ctx = ssl.create_default_context(cafile=certifi.where())
-    except (ImportError, OSError):  # pragma: no cover - certifi is a dependency
-        ctx = ssl.create_default_context()
+    Trusted CAs: ``ca_bundle`` (a PEM file or a c_rehash'd directory) when given; else,
+    as httpx does, ``SSL_CERT_FILE`` or else ``SSL_CERT_DIR`` *instead of* certifi when
+    set (so the trust store is exactly the one the user named); else certifi's bundle,
+    else the system store.
+    """
+    if ca_bundle is None:
+        env_file = os.environ.get("SSL_CERT_FILE")
+        env_dir = os.environ.get("SSL_CERT_DIR")
+        if env_file:
+            ca_bundle = env_file
+        elif env_dir and os.path.isdir(env_dir):
+            ca_bundle = env_dir
+    if ca_bundle is not None:
+        if os.path.isdir(ca_bundle):
+            ctx = ssl.create_default_context(capath=ca_bundle)
+        else:
+            ctx = ssl.create_default_context(cafile=ca_bundle)
+    else:
+        try:
+            import certifi
+
+            ctx = ssl.create_default_context(cafile=certifi.where())
+        except (ImportError, OSError):  # pragma: no cover - certifi is a dependency
+            ctx = ssl.create_default_context()
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 
@@ -112,6 +132,66 @@ def _describe(exc: BaseException) -> str:
             parts.append(text)
         seen = seen.__cause__
     return ": ".join(parts)
+
+
+def _root_causes(exc: BaseException) -> list[BaseException]:
+    """The innermost errors behind ``exc``, in order.
+
+    trio nests them: ``open_tcp_stream`` raises an OSError ("all attempts ... failed")
+    caused by an ExceptionGroup of one error per address tried; ``SSLStream`` raises a
+    BrokenResourceError caused by the SSLError, or inside an ``except`` (context only).
+    """
+    found: list[BaseException] = []
+    stack = [exc]
+    seen: set[int] = set()
+    while stack:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, BaseExceptionGroup):
+            stack.extend(reversed(err.exceptions))
+            continue
+        inner = err.__cause__
+        if inner is None and isinstance(err, trio.BrokenResourceError):
+            # Only trio's wrapper: another error's context may be unrelated to it.
+            inner = err.__context__
+        if inner is not None:
+            stack.append(inner)
+        else:
+            found.append(err)
+    return found
+
+
+def _connect_phrase(err: BaseException, host: str, port: int) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        reason = err.verify_message or err.reason or str(err)
+        return f"TLS certificate verification failed for {host}: {reason}"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS handshake with {host} failed: {err.reason or err}"
+    if isinstance(err, socket.gaierror):
+        return f"DNS lookup failed for {host} ({err.strerror or err})"
+    if isinstance(err, ConnectionRefusedError):
+        return f"connection refused ({host}:{port})"
+    if isinstance(err, ConnectionResetError | BrokenPipeError):
+        return f"connection reset ({host}:{port})"
+    if isinstance(err, TimeoutError):
+        return f"timed out connecting to {host}:{port}"
+    if isinstance(err, trio.BrokenResourceError):
+        return f"connection closed during the TLS handshake with {host}:{port}"
+    if type(err) is OSError and err.strerror:
+        return f"{err.strerror} ({host}:{port})"
+    return str(err) or f"{type(err).__name__} ({host}:{port})"
+
+
+def _connect_failure(exc: BaseException, host: str, port: int) -> str:
+    """Why connecting failed, naming the cause(s), each once: trio's wrappers repeat them."""
+    phrases: list[str] = []
+    for err in _root_causes(exc):
+        phrase = _connect_phrase(err, host, port)
+        if phrase not in phrases:
+            phrases.append(phrase)
+    return "; ".join(phrases)
 
 
 async def _discard(stream: trio.abc.AsyncResource) -> None:
@@ -284,9 +364,10 @@ class TrioTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 over trio + h11, with a per-origin LIFO keep-alive pool.
 
     Args:
-        verify: ``True`` (default) verifies TLS with certifi's CA bundle (falling back
-            to the system store); ``False`` disables verification; or pass an
-            ``ssl.SSLContext`` to use as is.
+        verify: ``True`` (default) verifies TLS with certifi's CA bundle, or with
+            ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` instead when set (as httpx does);
+            a path (CA bundle file or directory) verifies with those CAs only;
+            ``False`` disables verification; or pass an ``ssl.SSLContext`` to use as is.
         max_connections_per_origin: how many idle keep-alive connections are kept per
             (scheme, host, port). It does not limit concurrency: extra concurrent
             requests open extra connections, closed when the pool is full.
@@ -303,7 +384,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         *,
-        verify: bool | ssl.SSLContext = True,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
         max_connections_per_origin: int = 8,
         connect_timeout: float = 10.0,
         read_timeout: float = 15.0,
@@ -323,7 +404,8 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if max_header_bytes < 1 or max_headers < 1:
             raise ValueError("max_header_bytes and max_headers must be >= 1")
-        self._verify = verify
+        self._verify = verify is not False
+        self._ca_bundle = None if isinstance(verify, bool | ssl.SSLContext) else verify
         self._ssl_context: ssl.SSLContext | None = (
             verify if isinstance(verify, ssl.SSLContext) else None
         )
@@ -525,7 +607,10 @@ class TrioTransport(httpx.AsyncBaseTransport):
     def _get_ssl_context(self) -> ssl.SSLContext:
         ctx = self._ssl_context
         if ctx is None:
-            ctx = _default_ssl_context() if self._verify else _unverified_ssl_context()
+            if self._verify:
+                ctx = _default_ssl_context(self._ca_bundle)
+            else:
+                ctx = _unverified_ssl_context()
             self._ssl_context = ctx
         return ctx
 
@@ -550,7 +635,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                     await tls.do_handshake()
                 return _Conn(stream, key, self._max_header_bytes)
             raise httpx.ConnectTimeout(
-                f"timed out after {self._connect_timeout:g}s connecting to {host}:{port}",
+                f"timed out after {self._connect_timeout:g} s connecting to {host}:{port}",
                 request=request,
             )
         except BaseException as exc:
@@ -558,7 +643,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 await _discard(stream)
             if isinstance(exc, _IO_ERRORS):
                 raise httpx.ConnectError(
-                    f"cannot connect to {host}:{port}: {_describe(exc)}", request=request
+                    _connect_failure(exc, host, port), request=request
                 ) from exc
             raise
 
