@@ -24,12 +24,17 @@ Invariants:
 * Every error and cancellation path closes the stream (shielded ``trio.aclose_forcefully``),
   and ``trio.Cancelled`` is always re-raised.
 * Errors surface as httpx exceptions, with the request attached when there is one.
+* A request is sent at most once. An idle pooled connection is checked to be still
+  open (one ``poll(2)``) before reuse; a failure after sending is raised, never
+  retried here: the server may have received the request, and a retry is the
+  caller's, under its rate limit.
 """
 
 from __future__ import annotations
 
 import math
 import os
+import select
 import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -56,6 +61,8 @@ _NEED_DATA: Final = h11.NEED_DATA
 _DONE: Final = h11.DONE
 _Data: Final = h11.Data
 _EndOfMessage: Final = h11.EndOfMessage
+# No poll(2) on Windows: idle connections are then reused unchecked.
+_POLL: Final = getattr(select, "poll", None)
 # What a broken/closed socket or TLS layer raises in trio.
 _IO_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -209,14 +216,10 @@ def _silence(timeout: float) -> str:
     return f"no response data for {timeout:g}s"
 
 
-class _Stale(Exception):
-    """A reused keep-alive connection was dead before any response byte arrived."""
-
-
 class _Conn:
     """One pooled HTTP/1.1 connection: a trio stream plus its h11 state machine."""
 
-    __slots__ = ("h11", "idle_since", "key", "sock", "stream")
+    __slots__ = ("h11", "idle_since", "key", "poll", "sock", "stream")
 
     def __init__(self, stream: trio.abc.Stream, key: _PoolKey, max_header_bytes: int) -> None:
         self.stream = stream
@@ -228,9 +231,19 @@ class _Conn:
         # its stream and socket wrappers: those cost about a tenth of a crawled page's
         # CPU. TLS goes through the stream.
         self.sock: socket.socket | None = None
+        fd = -1
         if type(stream) is trio.SocketStream:
             self.sock = socket.socket(fileno=stream.socket.detach())
             self.sock.setblocking(False)
+            fd = self.sock.fileno()
+        elif type(stream) is trio.SSLStream and type(stream.transport_stream) is trio.SocketStream:
+            fd = stream.transport_stream.socket.fileno()
+        # `poll(0)` is empty while the idle connection is still open (see _round_trip).
+        self.poll: Callable[[int], list[tuple[int, int]]] | None = None
+        if fd >= 0 and _POLL is not None:
+            poller = _POLL()
+            poller.register(fd, select.POLLIN)
+            self.poll = poller.poll
 
     async def send_all(self, data: bytes) -> None:
         sock = self.sock
@@ -509,7 +522,11 @@ class TrioTransport(httpx.AsyncBaseTransport):
         body: bytes | None,
         deadline: float = math.inf,
     ) -> tuple[h11.Response, _ResponseBody]:
-        """Send on a pooled connection (once more on a fresh one if it was stale) or a new one."""
+        """Send on a pooled connection that is still open, else on a new one.
+
+        A request is sent once: a failure after it was written surfaces (the server may
+        have received it), and a retry is the caller's, under its rate limit.
+        """
         now = trio.current_time()
         if now >= self._next_sweep:
             self._sweep(now)
@@ -517,14 +534,15 @@ class TrioTransport(httpx.AsyncBaseTransport):
         if self._doomed:
             await self._close_doomed()
         if conn is not None:
-            try:
+            # Nothing may be readable on an idle HTTP/1.1 connection: data or EOF means
+            # the server closed it (or broke the protocol). One poll(2), no waiting.
+            poll = conn.poll
+            if poll is None or not poll(0):
                 return await self._exchange(conn, request, event, body, deadline, reused=True)
-            except _Stale:
-                # The server dropped the idle connection; those idle even longer are
-                # likely gone too. Retry once, on a fresh connection.
-                self._doom_idle_since(key, conn.idle_since)
-                if self._doomed:
-                    await self._close_doomed()
+            # Not sent on; those idle even longer are likely closed too.
+            self._doomed.append(conn)
+            self._doom_idle_since(key, conn.idle_since)
+            await self._close_doomed()
         conn = await self._connect(request, key, deadline)
         return await self._exchange(conn, request, event, body, deadline, reused=False)
 
@@ -728,11 +746,9 @@ class TrioTransport(httpx.AsyncBaseTransport):
 
         One cancel scope covers the whole exchange; its deadline is pushed forward
         after every write and read, so it bounds each silence by ``read_timeout``.
-        Raises ``_Stale`` (connection closed) only for a reused connection whose
-        request can be sent again and that failed before any response byte.
+        A reused connection closed before any response byte raises ``httpx.ReadError``
+        (the server may have read the request: the caller decides whether to resend).
         """
-        # A stale connection may be retried only if the body can be sent again.
-        retryable = reused and body is not None
         h = conn.h11
         timeout = self._read_timeout
         received = 0
@@ -763,8 +779,6 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 except h11.LocalProtocolError as exc:
                     raise httpx.LocalProtocolError(str(exc), request=request) from exc
                 except _IO_ERRORS as exc:
-                    if retryable:
-                        raise _Stale from exc
                     raise httpx.WriteError(_describe(exc), request=request) from exc
                 writing = False
                 now = trio.current_time()
@@ -788,12 +802,15 @@ class TrioTransport(httpx.AsyncBaseTransport):
                         try:
                             chunk = await conn.receive(after_send=not received)
                         except _IO_ERRORS as exc:
-                            if retryable and not received:
-                                raise _Stale from exc
                             raise httpx.ReadError(_describe(exc), request=request) from exc
                         if not chunk:
-                            if retryable and not received:
-                                raise _Stale
+                            if reused and not received:
+                                # A keep-alive connection the server closed as the
+                                # request went out: a lost connection, not a bad reply.
+                                raise httpx.ReadError(
+                                    "server closed the keep-alive connection without a response",
+                                    request=request,
+                                )
                             raise httpx.RemoteProtocolError(
                                 "server disconnected without sending a complete response head",
                                 request=request,

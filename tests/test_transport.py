@@ -6,6 +6,7 @@ import gzip
 import os
 import socket
 import ssl
+import struct
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, cast
@@ -217,20 +218,53 @@ async def test_pool_size_per_origin_is_bounded() -> None:
         await server.wait_open_connections(2)
 
 
-async def test_stale_pooled_connection_is_retried_once() -> None:
+async def test_connection_closed_while_idle_is_detected_before_sending() -> None:
     # The server answers one request per connection, then closes it while idle
-    # (without saying "Connection: close"): the pooled connection goes stale.
+    # (without saying "Connection: close"): the pooled connection is found closed
+    # before anything is sent on it, and each request goes out once, on a fresh one.
     async with (
         raw_server(responder(ok(), close_after=1)) as server,
         make_transport() as transport,
     ):
-        for _ in range(5):
-            _, body = await fetch(transport, server.url)
-            assert body == b"hello"
-            assert transport.idle_connections() == 1
-            await trio.sleep(0.02)  # let the server close it
+        with trio.fail_after(5):
+            for _ in range(5):
+                _, body = await fetch(transport, server.url)
+                assert body == b"hello"
+                assert transport.idle_connections() == 1
+                await server.wait_open_connections(0)  # the server closed it
         assert server.connections == 5
         assert len(server.requests) == 5
+
+
+def reset(peer: Peer) -> None:
+    """Make closing the peer's connection send a TCP RST (SO_LINGER 0)."""
+    stream = peer.stream
+    assert isinstance(stream, trio.SocketStream)
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@pytest.mark.parametrize("rst", [True, False], ids=["reset", "closed"])
+async def test_request_read_then_connection_lost_is_not_resent(rst: bool) -> None:
+    # The server reads the second request on a keep-alive connection, then drops the
+    # connection: it may have acted on the request, so the transport does not send it
+    # again (that is the caller's call, under its rate limit).
+    async def second_request_dropped(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(ok())
+        await peer.read_request()
+        if rst:
+            reset(peer)
+
+    async with raw_server(second_request_dropped) as server, make_transport() as transport:
+        with trio.fail_after(5):
+            await fetch(transport, server.url)
+            assert transport.idle_connections() == 1
+            with pytest.raises(httpx.ReadError) as info:
+                await fetch(transport, server.url + "/again")
+        assert info.value.request.url.path == "/again"
+        assert [r.target for r in server.requests] == [b"/", b"/again"]
+        assert server.connections == 1
+        assert transport.idle_connections() == 0
 
 
 async def test_stale_detection_drops_older_idle_connections() -> None:
@@ -243,8 +277,8 @@ async def test_stale_detection_drops_older_idle_connections() -> None:
                 nursery.start_soon(fetch, transport, server.url)
         assert transport.idle_connections() == 3
         await server.wait_open_connections(0)
-        # One request: one stale attempt, then a fresh connection; the two other
-        # (older) idle connections are discarded rather than tried one by one.
+        # One request: the newest idle connection is found closed, so the two other
+        # (older) ones are discarded unchecked, and a fresh connection is used.
         _, body = await fetch(transport, server.url)
         assert body == b"hello"
         assert server.connections == 4
