@@ -553,6 +553,21 @@ async def test_tls_verify_false_accepts_unknown_ca(ca: trustme.CA) -> None:
     assert body == b"anyway"
 
 
+async def test_tls_connection_closed_while_idle_is_not_reused(ca: trustme.CA) -> None:
+    # The check looks at the socket under the TLS layer.
+    async with (
+        raw_server(responder(ok(), close_after=1), ssl_context=tls_server_context(ca)) as server,
+        make_transport(verify=False) as transport,
+    ):
+        with trio.fail_after(5):
+            for _ in range(3):
+                _, body = await fetch(transport, f"https://127.0.0.1:{server.port}/")
+                assert body == b"hello"
+                await server.wait_open_connections(0)
+        assert server.connections == 3
+        assert len(server.requests) == 3
+
+
 # ---------------------------------------------------------------- closing, cancellation, leaks
 
 
