@@ -294,6 +294,21 @@ def _build_parser() -> argparse.ArgumentParser:
         help="total deadline for one request, connect and read included "
         f"(default: {_show('timeout')})",
     )
+    tls = p.add_argument_group("TLS")
+    tls.add_argument(
+        "--ca-bundle",
+        metavar="PATH",
+        type=Path,
+        help="verify TLS with the CA certificates in PATH (PEM file or directory) instead of "
+        "certifi's, SSL_CERT_FILE's or SSL_CERT_DIR's (default: certifi, or those if set)",
+    )
+    tls.add_argument(
+        "--insecure",
+        dest="verify_tls",
+        action="store_const",
+        const=False,
+        help="do not verify TLS certificates (like curl -k; default: verified)",
+    )
 
     run = p.add_argument_group("running")
     run.add_argument(
@@ -384,6 +399,8 @@ _CONFIG_FLAGS: dict[str, str] = {
     "timeout": "--timeout",
     "max_time": "--max-time",
     "block_private": "--block-private",
+    "ca_bundle": "--ca-bundle",
+    "verify_tls": "--insecure",
     "state": "--state",
 }
 
@@ -426,6 +443,8 @@ def _load_config_file(path: str) -> dict[str, Any]:
             raise UsageError(f"{path}: {name} must be true or false, got {data[name]!r}")
     if "state" in data and not isinstance(data["state"], str):
         raise UsageError(f"{path}: state must be a directory path, got {data['state']!r}")
+    if "ca_bundle" in data and not isinstance(data["ca_bundle"], str):
+        raise UsageError(f"{path}: ca_bundle must be a path, got {data['ca_bundle']!r}")
     return data
 
 
@@ -1232,6 +1251,13 @@ def _main(argv: Sequence[str] | None) -> int:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     _setup_logging(options)
+    if not options.config.verify_tls:
+        print(
+            f"{PROG}: warning: TLS certificates are not verified (--insecure): "
+            "HTTPS pages may come from anyone on the path",
+            file=sys.stderr,
+            flush=True,
+        )
     if options.redis is not None:
         return _run_shared(options)
     previous: Any = None

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import ssl
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -97,6 +99,11 @@ class CrawlConfig:
     """Stop gracefully after this many seconds (None = no limit)."""
     max_header_bytes: int = 64 * 1024
     max_headers: int = 200
+    ca_bundle: Path | None = None
+    """CA certificates to verify TLS with: a PEM file, or a directory of them (c_rehash
+    layout), used instead of certifi's bundle and of SSL_CERT_FILE / SSL_CERT_DIR."""
+    verify_tls: bool = True
+    """False: do not verify TLS certificates at all (like curl -k)."""
     block_private: bool = False
     """Refuse to connect to loopback, private, link-local and other non-public addresses
     (checked after DNS resolution), except the seeds' own hosts."""
@@ -184,6 +191,15 @@ class CrawlConfig:
         _check_number("result_buffer", self.result_buffer, minimum=0, integer=True)
         if self.state is not None:
             object.__setattr__(self, "state", Path(self.state))
+        if not isinstance(self.verify_tls, bool):
+            raise ValueError(f"verify_tls must be true or false, got {self.verify_tls!r}")
+        if self.ca_bundle is not None:
+            if not isinstance(self.ca_bundle, str | os.PathLike):
+                raise ValueError(f"ca_bundle must be a path, got {self.ca_bundle!r}")
+            object.__setattr__(self, "ca_bundle", Path(self.ca_bundle))
+            _check_ca_bundle(self.ca_bundle)
+            if not self.verify_tls:
+                raise ValueError("ca_bundle is not used when TLS verification is off; pick one")
 
     def limits_for(self, host: str, origin: str) -> tuple[float, int, int]:
         """(rate, burst, per_host) for a host, after per-host overrides (origin beats host)."""
@@ -229,6 +245,22 @@ class CrawlConfig:
         if "seeds" not in merged and not merged.get("stay_open"):
             raise ValueError("seeds must name at least one URL")
         return cls(**merged)
+
+
+def _check_ca_bundle(path: Path) -> None:
+    """Fail now, not at the first HTTPS connection, on a CA bundle that cannot be used."""
+    try:
+        if path.is_dir():
+            if not os.access(path, os.R_OK | os.X_OK):
+                raise PermissionError(13, "Permission denied")
+            return
+        ssl.create_default_context(cafile=path)  # reads and parses it, once
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"ca_bundle: {path} holds no usable PEM certificate ({exc.reason or exc})"
+        ) from None
+    except OSError as exc:
+        raise ValueError(f"ca_bundle: cannot read {path}: {exc.strerror or exc}") from None
 
 
 def _parses(url: str) -> bool:

@@ -72,6 +72,7 @@ from ._robots import (
     Robots,
     RobotsStatus,
     robots_from_response,
+    robots_source,
 )
 from ._urls import Scope, host_of, normalize_url, origin_of, strip_userinfo
 
@@ -537,14 +538,15 @@ class SharedCrawl:
         fetched = await self._fetcher.fetch_robots(origin)
         if fetched.exchange is not None:
             self._robots_exchanges.setdefault(origin, []).append(fetched.exchange)
-        status = None if fetched.error else fetched.status
-        robots = robots_from_response(status, fetched.body, 0.0)
+        status, source = robots_source(fetched)
+        robots = robots_from_response(status, source, 0.0)
         op: dict[str, Any] = {"k": "robots", "l": claim.lease, "o": origin}
         if robots.status is RobotsStatus.UNAVAILABLE and claim.version < config.retries:
             op["retry"] = retry_delay(claim.version, self._rng)
         else:
-            parsed = robots.status is RobotsStatus.PARSED
-            body = fetched.body[:ROBOTS_MAX_BYTES] if parsed else b""
+            # A failure's message is kept too, for the records of the URLs it holds back.
+            keep = robots.status is RobotsStatus.PARSED or status is None
+            body = source[:ROBOTS_MAX_BYTES] if keep else b""
             op["status"] = "" if status is None else str(status)
             op["body"] = body.decode("utf-8", errors="replace")
             op["interval"] = robots.interval(config.user_agent)

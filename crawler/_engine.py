@@ -28,7 +28,7 @@ from ._fetch import Fetched, Fetcher
 from ._frontier import Frontier, Host, Request
 from ._page import ErrorKind, HostStatistics, Page, PageError, Statistics
 from ._retry import Action, judge, redirect_target, retry_delay
-from ._robots import Robots, RobotsStatus, robots_from_response
+from ._robots import Robots, RobotsStatus, robots_from_response, robots_source
 from ._shield import bounded_shield
 from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
 from ._urls import origin_of
@@ -536,9 +536,9 @@ class Crawl:
                     host.limiter.release_on_behalf_of(token)
                 if fetched.exchange is not None:
                     request.exchanges.append(fetched.exchange)
-                status = None if fetched.error else fetched.status
-                robots = robots_from_response(status, fetched.body, trio.current_time())
-                host.robots_source = (status, fetched.body)
+                status, body = robots_source(fetched)
+                robots = robots_from_response(status, body, trio.current_time())
+                host.robots_source = (status, body)
                 if fetched.error is not None and fetched.error.kind is ErrorKind.BLOCKED:
                     # Not the site failing: we may not connect to it at all.
                     robots.error = fetched.error

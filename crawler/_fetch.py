@@ -289,6 +289,7 @@ def default_transport(config: CrawlConfig) -> httpx.AsyncBaseTransport:
         max_header_bytes=config.max_header_bytes,
         max_headers=config.max_headers,
         connect=guard,
+        verify=config.ca_bundle or config.verify_tls,
     )
 
 

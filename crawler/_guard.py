@@ -60,4 +60,7 @@ class AddressGuard:
                 return await trio.open_tcp_stream(address, port)
             except OSError as exc:
                 errors.append(exc)
-        raise OSError(f"could not connect to any address of {host}: {errors[-1]}")
+        # Chained like trio's own error, so the transport can name each cause.
+        raise OSError(f"could not connect to any address of {host}") from ExceptionGroup(
+            f"connecting to {host}", errors
+        )

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import enum
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from protego import Protego
 
 from ._page import PageError
+
+if TYPE_CHECKING:
+    from ._fetch import Fetched
 
 ROBOTS_MAX_BYTES = 500 * 1024
 ROBOTS_TTL = 24 * 3600.0
@@ -62,14 +66,28 @@ class Robots:
         return interval
 
 
+def robots_source(fetched: Fetched) -> tuple[int | None, bytes]:
+    """What to keep of a robots.txt fetch (stored, and read by `robots_from_response`):
+    ``(status, body)``, or ``(None, why)`` when it failed: the error's message takes the
+    body's place, so the URLs it holds back say why."""
+    if fetched.error is not None:
+        return None, fetched.error.message.encode("utf-8")
+    return fetched.status, fetched.body
+
+
 def robots_from_response(status: int | None, body: bytes, now: float) -> Robots:
-    """Interpret a robots.txt fetch the way the major search engines do (RFC 9309 2.3.1)."""
+    """Interpret a robots.txt fetch the way the major search engines do (RFC 9309 2.3.1).
+
+    ``status`` None: the fetch failed, and ``body`` says why (see `robots_source`)."""
     if status is None or status >= 500:
-        why = "network failure" if status is None else f"HTTP {status}"
+        if status is None:
+            why = ": " + (body.decode("utf-8", "replace") or "network failure")
+        else:
+            why = f" (HTTP {status})"
         return Robots(
             RobotsStatus.UNAVAILABLE,
             expires=now + ROBOTS_RETRY,
-            message=f"robots.txt unavailable ({why}); host treated as disallowed for now",
+            message=f"robots.txt unavailable{why}; host treated as disallowed for now",
         )
     if status >= 400:
         return Robots(RobotsStatus.ALLOW_ALL, expires=now + ROBOTS_TTL, message=f"HTTP {status}")

@@ -24,11 +24,17 @@ Invariants:
 * Every error and cancellation path closes the stream (shielded ``trio.aclose_forcefully``),
   and ``trio.Cancelled`` is always re-raised.
 * Errors surface as httpx exceptions, with the request attached when there is one.
+* A request is sent at most once. An idle pooled connection is checked to be still
+  open (one ``poll(2)``) before reuse; a failure after sending is raised, never
+  retried here: the server may have received the request, and a retry is the
+  caller's, under its rate limit.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import select
 import socket
 import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
@@ -55,6 +61,8 @@ _NEED_DATA: Final = h11.NEED_DATA
 _DONE: Final = h11.DONE
 _Data: Final = h11.Data
 _EndOfMessage: Final = h11.EndOfMessage
+# No poll(2) on Windows: idle connections are then reused unchecked.
+_POLL: Final = getattr(select, "poll", None)
 # What a broken/closed socket or TLS layer raises in trio.
 _IO_ERRORS: Final = (trio.BrokenResourceError, trio.ClosedResourceError, OSError)
 
@@ -82,14 +90,33 @@ class Reply:
     the end returns the connection to the pool, ``aclose()`` before that closes it."""
 
 
-def _default_ssl_context() -> ssl.SSLContext:
-    """A verifying client context: certifi's CA bundle, else the system store."""
-    try:
-        import certifi
+def _default_ssl_context(ca_bundle: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """A verifying client context.
 
-        ctx = ssl.create_default_context(cafile=certifi.where())
-    except (ImportError, OSError):  # pragma: no cover - certifi is a dependency
-        ctx = ssl.create_default_context()
+    Trusted CAs: ``ca_bundle`` (a PEM file or a c_rehash'd directory) when given; else,
+    as httpx does, ``SSL_CERT_FILE`` or else ``SSL_CERT_DIR`` *instead of* certifi when
+    set (so the trust store is exactly the one the user named); else certifi's bundle,
+    else the system store.
+    """
+    if ca_bundle is None:
+        env_file = os.environ.get("SSL_CERT_FILE")
+        env_dir = os.environ.get("SSL_CERT_DIR")
+        if env_file:
+            ca_bundle = env_file
+        elif env_dir and os.path.isdir(env_dir):
+            ca_bundle = env_dir
+    if ca_bundle is not None:
+        if os.path.isdir(ca_bundle):
+            ctx = ssl.create_default_context(capath=ca_bundle)
+        else:
+            ctx = ssl.create_default_context(cafile=ca_bundle)
+    else:
+        try:
+            import certifi
+
+            ctx = ssl.create_default_context(cafile=certifi.where())
+        except (ImportError, OSError):  # pragma: no cover - certifi is a dependency
+            ctx = ssl.create_default_context()
     ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 
@@ -114,6 +141,66 @@ def _describe(exc: BaseException) -> str:
     return ": ".join(parts)
 
 
+def _root_causes(exc: BaseException) -> list[BaseException]:
+    """The innermost errors behind ``exc``, in order.
+
+    trio nests them: ``open_tcp_stream`` raises an OSError ("all attempts ... failed")
+    caused by an ExceptionGroup of one error per address tried; ``SSLStream`` raises a
+    BrokenResourceError caused by the SSLError, or inside an ``except`` (context only).
+    """
+    found: list[BaseException] = []
+    stack = [exc]
+    seen: set[int] = set()
+    while stack:
+        err = stack.pop()
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, BaseExceptionGroup):
+            stack.extend(reversed(err.exceptions))
+            continue
+        inner = err.__cause__
+        if inner is None and isinstance(err, trio.BrokenResourceError):
+            # Only trio's wrapper: another error's context may be unrelated to it.
+            inner = err.__context__
+        if inner is not None:
+            stack.append(inner)
+        else:
+            found.append(err)
+    return found
+
+
+def _connect_phrase(err: BaseException, host: str, port: int) -> str:
+    if isinstance(err, ssl.SSLCertVerificationError):
+        reason = err.verify_message or err.reason or str(err)
+        return f"TLS certificate verification failed for {host}: {reason}"
+    if isinstance(err, ssl.SSLError):
+        return f"TLS handshake with {host} failed: {err.reason or err}"
+    if isinstance(err, socket.gaierror):
+        return f"DNS lookup failed for {host} ({err.strerror or err})"
+    if isinstance(err, ConnectionRefusedError):
+        return f"connection refused ({host}:{port})"
+    if isinstance(err, ConnectionResetError | BrokenPipeError):
+        return f"connection reset ({host}:{port})"
+    if isinstance(err, TimeoutError):
+        return f"timed out connecting to {host}:{port}"
+    if isinstance(err, trio.BrokenResourceError):
+        return f"connection closed during the TLS handshake with {host}:{port}"
+    if type(err) is OSError and err.strerror:
+        return f"{err.strerror} ({host}:{port})"
+    return str(err) or f"{type(err).__name__} ({host}:{port})"
+
+
+def _connect_failure(exc: BaseException, host: str, port: int) -> str:
+    """Why connecting failed, naming the cause(s), each once: trio's wrappers repeat them."""
+    phrases: list[str] = []
+    for err in _root_causes(exc):
+        phrase = _connect_phrase(err, host, port)
+        if phrase not in phrases:
+            phrases.append(phrase)
+    return "; ".join(phrases)
+
+
 async def _discard(stream: trio.abc.AsyncResource) -> None:
     """Close ``stream`` at once, even inside a cancelled scope.
 
@@ -129,14 +216,10 @@ def _silence(timeout: float) -> str:
     return f"no response data for {timeout:g}s"
 
 
-class _Stale(Exception):
-    """A reused keep-alive connection was dead before any response byte arrived."""
-
-
 class _Conn:
     """One pooled HTTP/1.1 connection: a trio stream plus its h11 state machine."""
 
-    __slots__ = ("h11", "idle_since", "key", "sock", "stream")
+    __slots__ = ("h11", "idle_since", "key", "poll", "sock", "stream")
 
     def __init__(self, stream: trio.abc.Stream, key: _PoolKey, max_header_bytes: int) -> None:
         self.stream = stream
@@ -148,9 +231,19 @@ class _Conn:
         # its stream and socket wrappers: those cost about a tenth of a crawled page's
         # CPU. TLS goes through the stream.
         self.sock: socket.socket | None = None
+        fd = -1
         if type(stream) is trio.SocketStream:
             self.sock = socket.socket(fileno=stream.socket.detach())
             self.sock.setblocking(False)
+            fd = self.sock.fileno()
+        elif type(stream) is trio.SSLStream and type(stream.transport_stream) is trio.SocketStream:
+            fd = stream.transport_stream.socket.fileno()
+        # `poll(0)` is empty while the idle connection is still open (see _round_trip).
+        self.poll: Callable[[int], list[tuple[int, int]]] | None = None
+        if fd >= 0 and _POLL is not None:
+            poller = _POLL()
+            poller.register(fd, select.POLLIN)
+            self.poll = poller.poll
 
     async def send_all(self, data: bytes) -> None:
         sock = self.sock
@@ -284,9 +377,10 @@ class TrioTransport(httpx.AsyncBaseTransport):
     """HTTP/1.1 over trio + h11, with a per-origin LIFO keep-alive pool.
 
     Args:
-        verify: ``True`` (default) verifies TLS with certifi's CA bundle (falling back
-            to the system store); ``False`` disables verification; or pass an
-            ``ssl.SSLContext`` to use as is.
+        verify: ``True`` (default) verifies TLS with certifi's CA bundle, or with
+            ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` instead when set (as httpx does);
+            a path (CA bundle file or directory) verifies with those CAs only;
+            ``False`` disables verification; or pass an ``ssl.SSLContext`` to use as is.
         max_connections_per_origin: how many idle keep-alive connections are kept per
             (scheme, host, port). It does not limit concurrency: extra concurrent
             requests open extra connections, closed when the pool is full.
@@ -303,7 +397,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
     def __init__(
         self,
         *,
-        verify: bool | ssl.SSLContext = True,
+        verify: bool | str | os.PathLike[str] | ssl.SSLContext = True,
         max_connections_per_origin: int = 8,
         connect_timeout: float = 10.0,
         read_timeout: float = 15.0,
@@ -323,7 +417,8 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 raise ValueError(f"{name} must be >= 0, got {value!r}")
         if max_header_bytes < 1 or max_headers < 1:
             raise ValueError("max_header_bytes and max_headers must be >= 1")
-        self._verify = verify
+        self._verify = verify is not False
+        self._ca_bundle = None if isinstance(verify, bool | ssl.SSLContext) else verify
         self._ssl_context: ssl.SSLContext | None = (
             verify if isinstance(verify, ssl.SSLContext) else None
         )
@@ -427,7 +522,11 @@ class TrioTransport(httpx.AsyncBaseTransport):
         body: bytes | None,
         deadline: float = math.inf,
     ) -> tuple[h11.Response, _ResponseBody]:
-        """Send on a pooled connection (once more on a fresh one if it was stale) or a new one."""
+        """Send on a pooled connection that is still open, else on a new one.
+
+        A request is sent once: a failure after it was written surfaces (the server may
+        have received it), and a retry is the caller's, under its rate limit.
+        """
         now = trio.current_time()
         if now >= self._next_sweep:
             self._sweep(now)
@@ -435,14 +534,15 @@ class TrioTransport(httpx.AsyncBaseTransport):
         if self._doomed:
             await self._close_doomed()
         if conn is not None:
-            try:
+            # Nothing may be readable on an idle HTTP/1.1 connection: data or EOF means
+            # the server closed it (or broke the protocol). One poll(2), no waiting.
+            poll = conn.poll
+            if poll is None or not poll(0):
                 return await self._exchange(conn, request, event, body, deadline, reused=True)
-            except _Stale:
-                # The server dropped the idle connection; those idle even longer are
-                # likely gone too. Retry once, on a fresh connection.
-                self._doom_idle_since(key, conn.idle_since)
-                if self._doomed:
-                    await self._close_doomed()
+            # Not sent on; those idle even longer are likely closed too.
+            self._doomed.append(conn)
+            self._doom_idle_since(key, conn.idle_since)
+            await self._close_doomed()
         conn = await self._connect(request, key, deadline)
         return await self._exchange(conn, request, event, body, deadline, reused=False)
 
@@ -525,7 +625,10 @@ class TrioTransport(httpx.AsyncBaseTransport):
     def _get_ssl_context(self) -> ssl.SSLContext:
         ctx = self._ssl_context
         if ctx is None:
-            ctx = _default_ssl_context() if self._verify else _unverified_ssl_context()
+            if self._verify:
+                ctx = _default_ssl_context(self._ca_bundle)
+            else:
+                ctx = _unverified_ssl_context()
             self._ssl_context = ctx
         return ctx
 
@@ -550,7 +653,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                     await tls.do_handshake()
                 return _Conn(stream, key, self._max_header_bytes)
             raise httpx.ConnectTimeout(
-                f"timed out after {self._connect_timeout:g}s connecting to {host}:{port}",
+                f"timed out after {self._connect_timeout:g} s connecting to {host}:{port}",
                 request=request,
             )
         except BaseException as exc:
@@ -558,7 +661,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 await _discard(stream)
             if isinstance(exc, _IO_ERRORS):
                 raise httpx.ConnectError(
-                    f"cannot connect to {host}:{port}: {_describe(exc)}", request=request
+                    _connect_failure(exc, host, port), request=request
                 ) from exc
             raise
 
@@ -643,11 +746,9 @@ class TrioTransport(httpx.AsyncBaseTransport):
 
         One cancel scope covers the whole exchange; its deadline is pushed forward
         after every write and read, so it bounds each silence by ``read_timeout``.
-        Raises ``_Stale`` (connection closed) only for a reused connection whose
-        request can be sent again and that failed before any response byte.
+        A reused connection closed before any response byte raises ``httpx.ReadError``
+        (the server may have read the request: the caller decides whether to resend).
         """
-        # A stale connection may be retried only if the body can be sent again.
-        retryable = reused and body is not None
         h = conn.h11
         timeout = self._read_timeout
         received = 0
@@ -678,8 +779,6 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 except h11.LocalProtocolError as exc:
                     raise httpx.LocalProtocolError(str(exc), request=request) from exc
                 except _IO_ERRORS as exc:
-                    if retryable:
-                        raise _Stale from exc
                     raise httpx.WriteError(_describe(exc), request=request) from exc
                 writing = False
                 now = trio.current_time()
@@ -703,12 +802,15 @@ class TrioTransport(httpx.AsyncBaseTransport):
                         try:
                             chunk = await conn.receive(after_send=not received)
                         except _IO_ERRORS as exc:
-                            if retryable and not received:
-                                raise _Stale from exc
                             raise httpx.ReadError(_describe(exc), request=request) from exc
                         if not chunk:
-                            if retryable and not received:
-                                raise _Stale
+                            if reused and not received:
+                                # A keep-alive connection the server closed as the
+                                # request went out: a lost connection, not a bad reply.
+                                raise httpx.ReadError(
+                                    "server closed the keep-alive connection without a response",
+                                    request=request,
+                                )
                             raise httpx.RemoteProtocolError(
                                 "server disconnected without sending a complete response head",
                                 request=request,

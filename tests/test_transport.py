@@ -6,6 +6,7 @@ import gzip
 import os
 import socket
 import ssl
+import struct
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, cast
@@ -217,20 +218,53 @@ async def test_pool_size_per_origin_is_bounded() -> None:
         await server.wait_open_connections(2)
 
 
-async def test_stale_pooled_connection_is_retried_once() -> None:
+async def test_connection_closed_while_idle_is_detected_before_sending() -> None:
     # The server answers one request per connection, then closes it while idle
-    # (without saying "Connection: close"): the pooled connection goes stale.
+    # (without saying "Connection: close"): the pooled connection is found closed
+    # before anything is sent on it, and each request goes out once, on a fresh one.
     async with (
         raw_server(responder(ok(), close_after=1)) as server,
         make_transport() as transport,
     ):
-        for _ in range(5):
-            _, body = await fetch(transport, server.url)
-            assert body == b"hello"
-            assert transport.idle_connections() == 1
-            await trio.sleep(0.02)  # let the server close it
+        with trio.fail_after(5):
+            for _ in range(5):
+                _, body = await fetch(transport, server.url)
+                assert body == b"hello"
+                assert transport.idle_connections() == 1
+                await server.wait_open_connections(0)  # the server closed it
         assert server.connections == 5
         assert len(server.requests) == 5
+
+
+def reset(peer: Peer) -> None:
+    """Make closing the peer's connection send a TCP RST (SO_LINGER 0)."""
+    stream = peer.stream
+    assert isinstance(stream, trio.SocketStream)
+    stream.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
+@pytest.mark.parametrize("rst", [True, False], ids=["reset", "closed"])
+async def test_request_read_then_connection_lost_is_not_resent(rst: bool) -> None:
+    # The server reads the second request on a keep-alive connection, then drops the
+    # connection: it may have acted on the request, so the transport does not send it
+    # again (that is the caller's call, under its rate limit).
+    async def second_request_dropped(peer: Peer) -> None:
+        await peer.read_request()
+        await peer.send(ok())
+        await peer.read_request()
+        if rst:
+            reset(peer)
+
+    async with raw_server(second_request_dropped) as server, make_transport() as transport:
+        with trio.fail_after(5):
+            await fetch(transport, server.url)
+            assert transport.idle_connections() == 1
+            with pytest.raises(httpx.ReadError) as info:
+                await fetch(transport, server.url + "/again")
+        assert info.value.request.url.path == "/again"
+        assert [r.target for r in server.requests] == [b"/", b"/again"]
+        assert server.connections == 1
+        assert transport.idle_connections() == 0
 
 
 async def test_stale_detection_drops_older_idle_connections() -> None:
@@ -243,8 +277,8 @@ async def test_stale_detection_drops_older_idle_connections() -> None:
                 nursery.start_soon(fetch, transport, server.url)
         assert transport.idle_connections() == 3
         await server.wait_open_connections(0)
-        # One request: one stale attempt, then a fresh connection; the two other
-        # (older) idle connections are discarded rather than tried one by one.
+        # One request: the newest idle connection is found closed, so the two other
+        # (older) ones are discarded unchecked, and a fresh connection is used.
         _, body = await fetch(transport, server.url)
         assert body == b"hello"
         assert server.connections == 4
@@ -384,10 +418,28 @@ async def test_unread_request_body_raises_write_timeout() -> None:
 
 
 async def test_connection_refused_is_connect_error() -> None:
+    port = free_port()
     async with make_transport() as transport:
-        with pytest.raises(httpx.ConnectError) as info:
-            await fetch(transport, f"http://127.0.0.1:{free_port()}/")
+        with trio.fail_after(5), pytest.raises(httpx.ConnectError) as info:
+            await fetch(transport, f"http://127.0.0.1:{port}/")
         assert info.value.request.url.path == "/"
+    # trio wraps the refusal in "all attempts to connect ... failed": said once, plainly.
+    assert str(info.value) == f"connection refused (127.0.0.1:{port})"
+
+
+async def test_connection_refused_on_every_address_is_said_once() -> None:
+    port = free_port()
+
+    async def two_addresses(host: str, port: int) -> trio.abc.Stream:
+        errors = [ConnectionRefusedError(111, "Connection refused") for _ in range(2)]
+        raise OSError(f"all attempts to connect to {host}:{port} failed") from ExceptionGroup(
+            "attempts", errors
+        )
+
+    async with make_transport(connect=two_addresses) as transport:
+        with trio.fail_after(5), pytest.raises(httpx.ConnectError) as info:
+            await fetch(transport, f"http://localhost:{port}/")
+    assert str(info.value) == f"connection refused (localhost:{port})"
 
 
 async def test_dns_failure_is_connect_error() -> None:
@@ -395,8 +447,21 @@ async def test_dns_failure_is_connect_error() -> None:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
     async with make_transport(connect=no_such_host) as transport:
-        with pytest.raises(httpx.ConnectError, match="Name or service not known"):
+        with pytest.raises(httpx.ConnectError) as info:
             await fetch(transport, "http://no-such-host.invalid/")
+    message = str(info.value)
+    assert message == "DNS lookup failed for no-such-host.invalid (Name or service not known)"
+
+
+async def test_dns_failure_of_a_real_lookup() -> None:
+    # .invalid never resolves (RFC 6761), and the resolver answers that without
+    # the network.
+    async with make_transport() as transport:
+        with trio.fail_after(10), pytest.raises(httpx.ConnectError) as info:
+            await fetch(transport, "http://no-such-host.invalid/")
+    message = str(info.value)
+    assert message.startswith("DNS lookup failed for no-such-host.invalid (")
+    assert message.count("no-such-host.invalid") == 1
 
 
 async def test_connect_timeout() -> None:
@@ -404,8 +469,9 @@ async def test_connect_timeout() -> None:
         await trio.sleep_forever()
 
     async with TrioTransport(connect=blackhole, connect_timeout=0.1) as transport:
-        with trio.fail_after(2), pytest.raises(httpx.ConnectTimeout):
+        with trio.fail_after(2), pytest.raises(httpx.ConnectTimeout) as info:
             await fetch(transport, "http://example.test/")
+    assert str(info.value) == "timed out after 0.1 s connecting to example.test:80"
 
 
 async def test_connect_hook_is_used() -> None:
@@ -470,8 +536,12 @@ async def test_tls_default_verification_rejects_unknown_ca(ca: trustme.CA) -> No
         raw_server(responder(ok()), ssl_context=tls_server_context(ca)) as server,
         make_transport() as transport,
     ):
-        with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED"):
+        with trio.fail_after(5), pytest.raises(httpx.ConnectError) as info:
             await fetch(transport, f"https://127.0.0.1:{server.port}/")
+    # The verify_message, said once (trio wraps the SSLError in a BrokenResourceError).
+    assert str(info.value) == (
+        "TLS certificate verification failed for 127.0.0.1: unable to get local issuer certificate"
+    )
 
 
 async def test_tls_verify_false_accepts_unknown_ca(ca: trustme.CA) -> None:
@@ -481,6 +551,21 @@ async def test_tls_verify_false_accepts_unknown_ca(ca: trustme.CA) -> None:
     ):
         _, body = await fetch(transport, f"https://127.0.0.1:{server.port}/")
     assert body == b"anyway"
+
+
+async def test_tls_connection_closed_while_idle_is_not_reused(ca: trustme.CA) -> None:
+    # The check looks at the socket under the TLS layer.
+    async with (
+        raw_server(responder(ok(), close_after=1), ssl_context=tls_server_context(ca)) as server,
+        make_transport(verify=False) as transport,
+    ):
+        with trio.fail_after(5):
+            for _ in range(3):
+                _, body = await fetch(transport, f"https://127.0.0.1:{server.port}/")
+                assert body == b"hello"
+                await server.wait_open_connections(0)
+        assert server.connections == 3
+        assert len(server.requests) == 3
 
 
 # ---------------------------------------------------------------- closing, cancellation, leaks

@@ -163,12 +163,17 @@ async def test_get_leaks_no_file_descriptors() -> None:
         TrioTransport(read_timeout=2.0) as transport,
     ):
         origin = f"http://127.0.0.1:{server.port}"
-        for _ in range(5):
-            assert await read(await transport.get(origin, "/ok")) == b"hello"
-            with pytest.raises(httpx.ReadError):  # truncated body: connection dropped
-                await read(await transport.get(origin, "/short"))
-            reply = await transport.get(origin, "/ok")
-            await reply.stream.aclose()  # abandoned before the body: connection closed
+        with trio.fail_after(10):
+            for _ in range(5):
+                assert await read(await transport.get(origin, "/ok")) == b"hello"
+                # Closed by the server once idle: found so, not sent on (a request on
+                # it as it closes would fail, and is not re-sent by the transport).
+                await server.wait_open_connections(0)
+                with pytest.raises(httpx.ReadError):  # truncated body: connection dropped
+                    await read(await transport.get(origin, "/short"))
+                reply = await transport.get(origin, "/ok")
+                await reply.stream.aclose()  # abandoned before the body: connection closed
+                await server.wait_open_connections(0)
     assert open_fds() == before
 
 
