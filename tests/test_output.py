@@ -248,6 +248,16 @@ def record_output_writes(
     return calls
 
 
+def faulty_command() -> int:
+    """The crawl command with a failing JSON Lines file: ``python -c`` runs it with
+    ``FAIL_AT HOW JSONL-PATH`` before the command's arguments."""
+    from crawler._cli import main
+
+    fail_at, how, path, *argv = sys.argv[1:]
+    record_output_writes(None, path, fail_at=int(fail_at), how=how)
+    return main(argv)
+
+
 @pytest.mark.parametrize("through", ["regular file", "thread"])
 async def test_jsonl_writes_each_line_with_one_write_call(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, through: str
@@ -273,6 +283,47 @@ async def test_jsonl_writes_each_line_with_one_write_call(
     assert len(data) > 6_000_000
     assert calls == data.splitlines(keepends=True)
     assert [json.loads(call)["url"] for call in calls] == [page.url for page in pages]
+
+
+@pytest.mark.parametrize("how", ["short write, then ENOSPC", "EIO after part"])
+async def test_jsonl_write_failing_part_way_leaves_no_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    path = tmp_path / "pages.jsonl"
+    calls = record_output_writes(monkeypatch, path, fail_at=3, how=how)
+    async with JsonLinesWriter(path) as out:
+        await out.write(make_page(0))
+        await out.write(make_page(1))
+        committed = out.position
+        with pytest.raises(OutputError, match=r"No space left|Input/output error"):
+            await out.write(make_page(2, title="x" * 10_000))
+        # Cut back to the last whole line, where the writer says the file ends...
+        assert out.position == committed == path.stat().st_size
+        assert out.lines == 2
+        # ...so that, the disk having room again, the next line follows it.
+        await out.write(make_page(3))
+    assert len(calls) == 4 + (how == "short write, then ENOSPC")
+    assert [line["url"] for line in read_lines(path)] == [make_page(i).url for i in (0, 1, 3)]
+
+
+async def test_jsonl_write_refused_after_a_torn_line_that_cannot_be_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "pages.jsonl"
+    record_output_writes(monkeypatch, path, fail_at=2, how="EIO after part")
+    async with JsonLinesWriter(path) as out:
+        await out.write(make_page(0))
+        assert out._sink is not None
+
+        def cut(offset: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        out._sink.cut = cut
+        with pytest.raises(OutputError, match="Input/output error"):
+            await out.write(make_page(1))
+        with pytest.raises(OutputError, match="torn line that cannot be cut off"):
+            await out.write(make_page(2))
+    assert path.read_bytes().count(b"\n") == 1
 
 
 @pytest.mark.parametrize("kind", ["missing-dir", "is-dir", "under-a-file"])

@@ -236,13 +236,64 @@ async def test_a_commit_failing_before_its_offsets_loses_and_doubles_no_page(
 
         code, _, err = await run(*crawl_args(server, tmp_path), "-q")
         assert code == 0, err
-        reachable = server.reachable_urls()
-        urls = Counter(page["url"] for page in read_jsonl(jsonl))
-        assert set(urls) == reachable, (len(reachable - set(urls)), len(set(urls) - reachable))
-        assert max(urls.values()) == 1, [url for url, n in urls.items() if n > 1][:5]
-        kinds, responses, requests = warc_contents(warc)
-        assert kinds.count("warcinfo") == 1
-        robots = {server.url(i, "/robots.txt") for i in range(2)}
-        pages = Counter({uri: n for uri, n in responses.items() if uri not in robots})
-        assert set(pages) == reachable and max(pages.values()) == 1
-        assert requests == responses
+        assert_every_page_once(tmp_path, server)
+
+
+def assert_every_page_once(tmp_path: Path, server: SiteServer) -> None:
+    """The outputs of `crawl_args` hold every reachable page of `server` exactly once."""
+    reachable = server.reachable_urls()
+    urls = Counter(page["url"] for page in read_jsonl(tmp_path / "out.jsonl"))
+    assert set(urls) == reachable, (len(reachable - set(urls)), len(set(urls) - reachable))
+    assert max(urls.values()) == 1, [url for url, n in urls.items() if n > 1][:5]
+    kinds, responses, requests = warc_contents(tmp_path / "out.warc.gz")
+    assert kinds.count("warcinfo") == 1
+    robots = {server.url(i, "/robots.txt") for i in range(len(server.ports))}
+    pages = Counter({uri: n for uri, n in responses.items() if uri not in robots})
+    assert set(pages) == reachable and max(pages.values()) == 1
+    assert requests == responses
+
+
+FAIL_AT = 120
+"""The JSON Lines write call that fails: even, to land between two calls a line might
+be split into."""
+
+
+@pytest.mark.parametrize(
+    ("how", "code"), [("kill", -signal.SIGKILL), ("short write, then ENOSPC", 1)]
+)
+async def test_a_jsonl_write_cut_short_leaves_no_torn_line_then_resumes_exactly_once(
+    tmp_path: Path, how: str, code: int
+) -> None:
+    jsonl = tmp_path / "out.jsonl"
+    async with open_site_server(ports=2, pages=150, latency=0.01) as server:
+        args = crawl_args(server, tmp_path, "-q")
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from tests.test_output import faulty_command; "
+                    "sys.exit(faulty_command())",
+                    str(FAIL_AT),
+                    how,
+                    str(jsonl),
+                    *args,
+                ],
+                cwd=ROOT,
+                env=_env(),
+                check=False,
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+        err = done.stderr.decode()
+        assert done.returncode == code, err
+        if how != "kill":
+            assert "No space left on device" in err, err
+        # As the failure left it: the lines of the calls before it, each whole.
+        text = jsonl.read_text(encoding="utf-8")
+        assert text.endswith("\n"), text[-200:]
+        assert len([json.loads(line) for line in text.splitlines()]) == FAIL_AT - 1
+
+        code, _, err = await run(*args)
+        assert code == 0, err
+        assert_every_page_once(tmp_path, server)
