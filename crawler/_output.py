@@ -4,7 +4,9 @@ Both writers are async context managers that do their file I/O off the event
 loop (``trio.to_thread.run_sync``), batch whatever is ready when several tasks
 write at once, and leave only complete lines / complete records behind, even
 when the crawl is cancelled half-way: a write that has started always runs to
-its end, and ``close()`` writes whatever is still pending before closing. Both
+its end, and ``close()`` writes whatever is still pending before closing. A
+JSON Lines write that fails part-way (a full disk) is cut back off a regular
+file, so no torn line stays in it (a resumed crawl cuts the WARC back). Both
 wait at most ``SHIELD_LIMIT`` (10) seconds after a cancellation: a write stuck on
 a hung disk or a full pipe is then abandoned, and its page counts as not written.
 
@@ -170,7 +172,8 @@ def _encode_line(page: Page) -> bytes:
 class _Sink:
     """A byte destination written by one thread at a time, without Python-side buffering.
 
-    `regular`: a regular file, where a small write only copies into the page cache."""
+    `regular`: a regular file, where a small write only copies into the page cache.
+    `cut`: cut the file back to an offset and continue there (None: a pipe, a terminal)."""
 
     def __init__(
         self,
@@ -179,11 +182,13 @@ class _Sink:
         close: Callable[[], None],
         *,
         regular: bool = False,
+        cut: Callable[[int], None] | None = None,
     ):
         self.name = name
         self.write_all = write
         self.close = close
         self.regular = regular
+        self.cut = cut
 
 
 def _open_for_resume(path: Path, offset: int, buffering: int = -1) -> IO[bytes]:
@@ -226,8 +231,12 @@ def _open_file_sink(path: Path, resume_at: int | None = None) -> _Sink:
                 continue
             view = view[written:]
 
+    def cut(offset: int) -> None:
+        raw.truncate(offset)
+        raw.seek(offset)
+
     regular = stat.S_ISREG(os.fstat(raw.fileno()).st_mode)
-    return _Sink(os.fspath(path), write, raw.close, regular=regular)
+    return _Sink(os.fspath(path), write, raw.close, regular=regular, cut=cut if regular else None)
 
 
 def _stdout_sink() -> _Sink:
@@ -357,6 +366,8 @@ class JsonLinesWriter(_Writer):
         self._sink: _Sink | None = None
         self._pending: list[bytes] = []
         self._lines = 0
+        self._torn: str | None = None
+        """Why nothing more can be written: a torn line could not be cut off."""
 
     @property
     def lines(self) -> int:
@@ -405,13 +416,27 @@ class JsonLinesWriter(_Writer):
             await self._in_thread(self._write_batch, self._sink, batch)
 
     def _write_batch(self, sink: _Sink, batch: list[bytes]) -> None:
+        if self._torn is not None:
+            raise OutputError(self.path, self._torn)
         data = b"".join(batch) if len(batch) > 1 else batch[0]
         try:
             sink.write_all(data)
         except OSError as exc:
+            self._cut_back(sink)
             raise OutputError(self.path, _reason(exc)) from None
         self._lines += len(batch)
         self._position += len(data)
+
+    def _cut_back(self, sink: _Sink) -> None:
+        """After a write that failed part-way (a full disk): drop its torn line, so that
+        the file holds whole lines only and a later line starts on a line of its own."""
+        if sink.cut is None:
+            return  # a pipe: what the reader got stays got
+        try:
+            sink.cut(self._position)
+        except OSError as exc:
+            # Anything appended now would be glued to the torn line: refuse it.
+            self._torn = f"a failed write left a torn line that cannot be cut off ({_reason(exc)})"
 
     def close(self) -> None:
         """Write any pending lines, flush and close (stdout is flushed, not closed)."""

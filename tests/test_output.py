@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import errno
 import gzip
 import hashlib
+import io
 import json
 import os
+import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import trio
 
+from crawler import _output
 from crawler._config import CrawlConfig, HostLimits
 from crawler._output import (
     SCHEMA,
     JsonLinesWriter,
     OutputError,
+    PathArg,
     WarcWriter,
     config_summary,
     page_to_json,
@@ -175,6 +181,149 @@ async def test_jsonl_stdout(capsys: pytest.CaptureFixture[str]) -> None:
     assert captured.count("\n") == 1
     assert json.loads(captured)["url"] == "http://example.com/page/7"
     assert not sys.stdout.closed
+
+
+@dataclass
+class Fault:
+    """Which write call of an OutputFile fails (from 1; None: none), and how:
+
+    - "kill": the process dies (SIGKILL) before it, when the calls before it are done;
+    - "short write, then ENOSPC": it writes half its bytes (a short count, as write(2)
+      returns when the disk fills up), and the next call fails with ENOSPC;
+    - "EIO after part": it writes half its bytes, then raises EIO."""
+
+    at: int | None = None
+    how: str = ""
+
+
+class OutputFile(io.FileIO):
+    """The JSON Lines file as the writer opens it (unbuffered: one OS write per call),
+    recording each write call in `calls` and failing one as `fault` says."""
+
+    def __init__(self, path: str, mode: str, calls: list[bytes], fault: Fault) -> None:
+        super().__init__(path, mode)
+        self.calls = calls
+        self.fault = fault
+
+    def write(self, data: Any, /) -> int:
+        chunk = bytes(data)
+        self.calls.append(chunk)
+        fault = self.fault
+        if len(self.calls) != fault.at:
+            return super().write(chunk)
+        if fault.how == "kill":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if fault.how == "short write, then ENOSPC":
+            fault.at, fault.how = fault.at + 1, "ENOSPC"
+            return super().write(chunk[: len(chunk) // 2])
+        if fault.how == "EIO after part":
+            super().write(chunk[: len(chunk) // 2])
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        assert fault.how == "ENOSPC"
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def record_output_writes(
+    monkeypatch: pytest.MonkeyPatch | None,
+    path: PathArg,
+    *,
+    fail_at: int | None = None,
+    how: str = "",
+) -> list[bytes]:
+    """Open `path` as an OutputFile whenever the writers open it unbuffered (for good,
+    without `monkeypatch`); returns the list its write calls are recorded in."""
+    target = os.path.abspath(path)
+    calls: list[bytes] = []
+    fault = Fault(fail_at, how)
+
+    def opener(file: PathArg, mode: str = "r", buffering: int = -1) -> IO[bytes]:
+        if buffering == 0 and os.path.abspath(file) == target:
+            return OutputFile(os.fspath(file), mode, calls, fault)
+        return open(file, mode, buffering)
+
+    if monkeypatch is None:
+        _output.open = opener  # type: ignore[attr-defined]
+    else:
+        monkeypatch.setattr(_output, "open", opener, raising=False)
+    return calls
+
+
+def faulty_command() -> int:
+    """The crawl command with a failing JSON Lines file: ``python -c`` runs it with
+    ``FAIL_AT HOW JSONL-PATH`` before the command's arguments."""
+    from crawler._cli import main
+
+    fail_at, how, path, *argv = sys.argv[1:]
+    record_output_writes(None, path, fail_at=int(fail_at), how=how)
+    return main(argv)
+
+
+@pytest.mark.parametrize("through", ["regular file", "thread"])
+async def test_jsonl_writes_each_line_with_one_write_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, through: str
+) -> None:
+    # One write(2) per line: a crash between two calls, or a reader tailing the file,
+    # sees whole lines only. Also for a line of megabytes, which a writer going through
+    # a fixed-size buffer would split.
+    path = tmp_path / "pages.jsonl"
+    calls = record_output_writes(monkeypatch, path)
+    many = tuple(f"http://example.com/{'x' * 100}/{k}" for k in range(20_000))
+    pages = [
+        make_page(0),
+        make_page(1, title="T " * 2_000_000, links=many),
+        make_page(2, title="ü" * 100_000),
+        make_page(3),
+    ]
+    async with JsonLinesWriter(path) as out:
+        assert out._sink is not None
+        out._sink.regular = through == "regular file"  # else through a thread, as a pipe
+        for page in pages:
+            await out.write(page)
+    data = path.read_bytes()
+    assert len(data) > 6_000_000
+    assert calls == data.splitlines(keepends=True)
+    assert [json.loads(call)["url"] for call in calls] == [page.url for page in pages]
+
+
+@pytest.mark.parametrize("how", ["short write, then ENOSPC", "EIO after part"])
+async def test_jsonl_write_failing_part_way_leaves_no_torn_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    path = tmp_path / "pages.jsonl"
+    calls = record_output_writes(monkeypatch, path, fail_at=3, how=how)
+    async with JsonLinesWriter(path) as out:
+        await out.write(make_page(0))
+        await out.write(make_page(1))
+        committed = out.position
+        with pytest.raises(OutputError, match=r"No space left|Input/output error"):
+            await out.write(make_page(2, title="x" * 10_000))
+        # Cut back to the last whole line, where the writer says the file ends...
+        assert out.position == committed == path.stat().st_size
+        assert out.lines == 2
+        # ...so that, the disk having room again, the next line follows it.
+        await out.write(make_page(3))
+    assert len(calls) == 4 + (how == "short write, then ENOSPC")
+    assert [line["url"] for line in read_lines(path)] == [make_page(i).url for i in (0, 1, 3)]
+
+
+async def test_jsonl_write_refused_after_a_torn_line_that_cannot_be_cut_off(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "pages.jsonl"
+    record_output_writes(monkeypatch, path, fail_at=2, how="EIO after part")
+    async with JsonLinesWriter(path) as out:
+        await out.write(make_page(0))
+        assert out._sink is not None
+
+        def cut(offset: int) -> None:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+
+        out._sink.cut = cut
+        with pytest.raises(OutputError, match="Input/output error"):
+            await out.write(make_page(1))
+        with pytest.raises(OutputError, match="torn line that cannot be cut off"):
+            await out.write(make_page(2))
+    assert path.read_bytes().count(b"\n") == 1
 
 
 @pytest.mark.parametrize("kind", ["missing-dir", "is-dir", "under-a-file"])

@@ -1,6 +1,7 @@
-"""Stop the ``crawl`` command at random moments (SIGKILL, SIGINT) and run it again with the
-same ``--state``: in the end the JSON Lines and WARC outputs hold every reachable page
-exactly once, every line parses and the WARC reads back cleanly.
+"""Stop the ``crawl`` command at random moments (SIGKILL, SIGINT), or make a commit to its
+state fail, and run it again with the same ``--state``: in the end the JSON Lines and WARC
+outputs hold every reachable page exactly once, every line parses and the WARC reads back
+cleanly.
 
 The site is a subprocess (``python -m tests.siteserver``), as the crawl is; the moments are
 drawn from a fixed ``random.Random`` seed, so a failure can be replayed."""
@@ -10,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 from collections import Counter
@@ -20,8 +22,10 @@ from pathlib import Path
 import pytest
 import trio
 
-from tests.siteserver import SiteServer
-from tests.test_cli import ROOT, _create, _env
+from crawler._state import _SCHEMA, DB_NAME
+from tests.siteserver import SiteServer, open_site_server
+from tests.test_cli import ROOT, _create, _env, read_jsonl, warc_contents
+from tests.test_state import crawl_args, run
 
 PORTS = 3
 PAGES = 1000
@@ -190,3 +194,106 @@ async def test_interrupted_crawls_resume_to_every_page_exactly_once(
     assert "status: complete" in text
     assert f"pages done: {pages:,} ({pages:,} ok, 0 with errors)" in text
     assert f"runs: {stopped + 2}" in text
+
+
+FAIL_SECOND_OFFSETS = """
+CREATE TRIGGER fail_offsets BEFORE INSERT ON outputs
+WHEN EXISTS (SELECT 1 FROM outputs WHERE name = NEW.name)
+BEGIN SELECT RAISE(ABORT, 'injected failure'); END;
+"""
+"""Fails the second commit that records output offsets, after its done marks are written
+(in the database file, so it works on the command's own connection)."""
+
+
+async def test_a_commit_failing_before_its_offsets_loses_and_doubles_no_page(
+    tmp_path: Path,
+) -> None:
+    state = tmp_path / "state"
+    state.mkdir()
+    with sqlite3.connect(state / DB_NAME) as conn:
+        conn.executescript(_SCHEMA + FAIL_SECOND_OFFSETS)
+    conn.close()
+    # Latency: the crawl spans several commits, whose batches are not all written yet.
+    async with open_site_server(ports=2, pages=150, latency=0.01) as server:
+        code, _, err = await run(*crawl_args(server, tmp_path), "-q")
+        assert code == 1, err
+        assert "cannot write crawl state" in err and "injected failure" in err, err
+
+        # The failed batch left no trace: the pages marked done are exactly those whose
+        # lines end before the committed offset (the lines after it are the failed batch's).
+        jsonl, warc = tmp_path / "out.jsonl", tmp_path / "out.warc.gz"
+        with sqlite3.connect(state / DB_NAME) as conn:
+            offsets = dict(conn.execute("SELECT name, offset FROM outputs").fetchall())
+            done = {url for (url,) in conn.execute("SELECT url FROM urls WHERE state IN (1, 2)")}
+            conn.execute("DROP TRIGGER fail_offsets")
+        conn.close()
+        committed = offsets[f"jsonl:{jsonl}"]
+        data = jsonl.read_bytes()
+        assert len(data) > committed  # pages were written whose commit failed
+        kept = [json.loads(line) for line in data[:committed].splitlines()]
+        assert done and Counter(page["url"] for page in kept) == Counter(done)
+        assert 0 < offsets[f"warc:{warc}"] < warc.stat().st_size
+
+        code, _, err = await run(*crawl_args(server, tmp_path), "-q")
+        assert code == 0, err
+        assert_every_page_once(tmp_path, server)
+
+
+def assert_every_page_once(tmp_path: Path, server: SiteServer) -> None:
+    """The outputs of `crawl_args` hold every reachable page of `server` exactly once."""
+    reachable = server.reachable_urls()
+    urls = Counter(page["url"] for page in read_jsonl(tmp_path / "out.jsonl"))
+    assert set(urls) == reachable, (len(reachable - set(urls)), len(set(urls) - reachable))
+    assert max(urls.values()) == 1, [url for url, n in urls.items() if n > 1][:5]
+    kinds, responses, requests = warc_contents(tmp_path / "out.warc.gz")
+    assert kinds.count("warcinfo") == 1
+    robots = {server.url(i, "/robots.txt") for i in range(len(server.ports))}
+    pages = Counter({uri: n for uri, n in responses.items() if uri not in robots})
+    assert set(pages) == reachable and max(pages.values()) == 1
+    assert requests == responses
+
+
+FAIL_AT = 120
+"""The JSON Lines write call that fails: even, to land between two calls a line might
+be split into."""
+
+
+@pytest.mark.parametrize(
+    ("how", "code"), [("kill", -signal.SIGKILL), ("short write, then ENOSPC", 1)]
+)
+async def test_a_jsonl_write_cut_short_leaves_no_torn_line_then_resumes_exactly_once(
+    tmp_path: Path, how: str, code: int
+) -> None:
+    jsonl = tmp_path / "out.jsonl"
+    async with open_site_server(ports=2, pages=150, latency=0.01) as server:
+        args = crawl_args(server, tmp_path, "-q")
+        with trio.fail_after(60):
+            done = await trio.run_process(
+                [
+                    sys.executable,
+                    "-c",
+                    "import sys; from tests.test_output import faulty_command; "
+                    "sys.exit(faulty_command())",
+                    str(FAIL_AT),
+                    how,
+                    str(jsonl),
+                    *args,
+                ],
+                cwd=ROOT,
+                env=_env(),
+                check=False,
+                capture_stdout=True,
+                capture_stderr=True,
+            )
+        err = done.stderr.decode()
+        assert done.returncode == code, err
+        if how != "kill":
+            assert "No space left on device" in err, err
+        # As the failure left it: the lines of the calls before it, each whole.
+        text = jsonl.read_text(encoding="utf-8")
+        assert text.endswith("\n"), text[-200:]
+        assert len([json.loads(line) for line in text.splitlines()]) == FAIL_AT - 1
+
+        code, _, err = await run(*args)
+        assert code == 0, err
+        assert_every_page_once(tmp_path, server)
