@@ -19,6 +19,7 @@ from ._page import ErrorKind, Exchange, PageError
 from ._retry import REDIRECT_STATUSES
 from ._robots import ROBOTS_MAX_BYTES
 from ._transport import Reply, TrioTransport
+from ._unexpected import note_hook
 from ._urls import host_of, normalize_url, origin_of
 
 
@@ -111,7 +112,11 @@ class Fetcher:
                 if authorization is not None:
                     request.headers["Authorization"] = authorization
             if self.prepare is not None:
-                request = self.prepare(request)
+                try:
+                    request = self.prepare(request)
+                except Exception as exc:
+                    note_hook(exc, "prepare")  # the caller's bug ends the crawl
+                    raise
         started_at = dt.datetime.now(dt.UTC)
         start = trio.current_time()
         status: int | None = None
