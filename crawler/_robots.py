@@ -54,7 +54,7 @@ class Robots:
             except Exception:
                 # A rule the parser took but cannot match: no usable rule, so allowed
                 # (RFC 9309 2.2: only parseable rules count).
-                logger.warning("robots.txt rules failed on %s", url, exc_info=True)
+                logger.info("robots.txt rules failed on %s", url, exc_info=True)
                 return True
         return self.status is not RobotsStatus.UNAVAILABLE
 
@@ -65,7 +65,7 @@ class Robots:
         try:
             return self._interval(self.parser, user_agent)
         except Exception:  # an unusable Crawl-delay / Request-rate is no such line
-            logger.warning("robots.txt delay unusable", exc_info=True)
+            logger.info("robots.txt delay unusable", exc_info=True)
             return 0.0
 
     @staticmethod
@@ -103,7 +103,7 @@ def robots_from_response(status: int | None, body: bytes, now: float) -> Robots:
         # The file was served, so the site is up; RFC 9309 2.2 has crawlers use only
         # the rules they can parse, and here there are none: allow all (calling it
         # unavailable would refuse the whole host, again after every retry).
-        logger.warning("robots.txt unparseable", exc_info=True)
+        logger.info("robots.txt unparseable", exc_info=True)
         return Robots(
             RobotsStatus.ALLOW_ALL,
             expires=now + ROBOTS_TTL,

@@ -47,8 +47,8 @@ def ends_crawl(exc: BaseException) -> bool:
 
 def unexpected_error(exc: BaseException, url: str) -> PageError:
     """`exc`, raised while handling `url`, as the URL's error record; its traceback goes
-    to the package's log (shown with -v), since it is a bug worth reporting."""
-    logger.warning("unexpected %s while handling %s", type(exc).__name__, url, exc_info=exc)
+    to the package's log at INFO, which -v shows (a bug worth reporting)."""
+    logger.info("unexpected %s while handling %s", type(exc).__name__, url, exc_info=exc)
     try:
         text = str(exc)
     except Exception:  # an exception whose __str__ fails is still one URL's failure

@@ -86,7 +86,7 @@ async def test_a_bug_in_build_page_is_one_error_record(
     target = f"{A}/p/3"
     monkeypatch.setattr(crawler._engine, "build_page", boom_at(target, build_page))
     site = MockSite(chain_site(A, SITE))
-    with caplog.at_level(logging.WARNING, logger="crawler"):
+    with caplog.at_level(logging.INFO, logger="crawler"):
         pages, stats = await crawl_all(config(), site)
     assert_one_boom(pages, stats, target)
     assert len(site.hits) == len(every_url())  # fetched once, not retried
