@@ -39,6 +39,8 @@ def ends_crawl(exc: BaseException) -> bool:
     """Whether `exc` is a failure of the crawl (or its caller), not of one URL."""
     if not isinstance(exc, Exception) or isinstance(exc, _CRAWL_FAILURES):
         return True
+    if isinstance(exc, BaseExceptionGroup):  # a task group's: any one of them decides
+        return any(ends_crawl(inner) for inner in exc.exceptions)
     notes: object = getattr(exc, "__notes__", None)
     return isinstance(notes, list) and any(
         isinstance(note, str) and note.startswith(_HOOK_NOTE) for note in notes

@@ -24,7 +24,7 @@ from crawler._build import build_page
 from crawler._fetch import Fetcher
 from crawler._links import parse_html
 from crawler._redis import RedisFrontier, open_redis
-from crawler._unexpected import ends_crawl, unexpected_error
+from crawler._unexpected import ends_crawl, note_hook, unexpected_error
 from tests.mocksite import MockSite, chain_site
 from tests.redisserver import redis_for_tests, unique_crawl_id
 from tests.siteserver import open_site_server
@@ -202,6 +202,10 @@ def test_what_ends_the_crawl() -> None:
     assert not ends_crawl(RuntimeError("boom")) and not ends_crawl(MemoryError())
     assert ends_crawl(crawler.StateError("locked")) and ends_crawl(trio.BrokenResourceError())
     assert ends_crawl(trio.Cancelled._create()) and ends_crawl(KeyboardInterrupt())
+    hooked = ValueError("hook")
+    note_hook(hooked, "prepare")
+    assert ends_crawl(hooked) and ends_crawl(ExceptionGroup("g", [ValueError(), hooked]))
+    assert not ends_crawl(ExceptionGroup("g", [ValueError(), KeyError()]))
 
     class Unprintable(Exception):
         def __str__(self) -> str:
