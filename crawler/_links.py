@@ -219,7 +219,7 @@ def _cut_deep_nesting(body: bytes) -> bytes:
     of 100,000 nested ``<div>`` took ~100 s to parse, blocking the whole crawl; browsers
     cap the depth too (Chrome at 512). Counting costs a Python loop over the tags
     (~15% of the parse), so only pages with enough tags to cost much are counted."""
-    if body.count(b"<") <= _DEEP_CHECK_TAGS:
+    if len(body) <= _DEEP_CHECK_TAGS or body.count(b"<") <= _DEEP_CHECK_TAGS:
         return body
     lowered = body.lower()
     depth = 0
