@@ -64,7 +64,7 @@ from ._redis import (
     format_status,
     open_redis,
 )
-from ._retry import Action, judge, redirect_target, retry_delay
+from ._retry import Action, Verdict, judge, redirect_target, retry_delay
 from ._robots import (
     ROBOTS_MAX_BYTES,
     ROBOTS_RETRY,
@@ -74,6 +74,7 @@ from ._robots import (
     robots_from_response,
     robots_source,
 )
+from ._unexpected import ends_crawl, failed_fetch, note_hook, unexpected_error
 from ._urls import Scope, host_of, normalize_url, origin_of, strip_userinfo
 
 __all__ = [
@@ -535,7 +536,14 @@ class SharedCrawl:
     async def _robots_job(self, claim: Claim) -> None:
         config = self.config
         origin = claim.origin
-        fetched = await self._fetcher.fetch_robots(origin)
+        try:
+            fetched = await self._fetcher.fetch_robots(origin)
+        except Exception as exc:
+            if ends_crawl(exc):
+                raise
+            # A bug in the fetch, not the site: unavailable, as after a network failure.
+            url = f"{origin}/robots.txt"
+            fetched = failed_fetch(url, unexpected_error(exc, url))
         if fetched.exchange is not None:
             self._robots_exchanges.setdefault(origin, []).append(fetched.exchange)
         status, source = robots_source(fetched)
@@ -601,14 +609,23 @@ class SharedCrawl:
                     if await self._finish(claim.lease, op):
                         self._disallowed += 1
                 return
-        fetched = await self._fetcher.fetch(job.url)
-        await self._settle(job, fetched)
+        # The guards here and in _follow_redirect and _deliver cover what reads the
+        # network's input, not the frontier's calls: a bug met by one URL's input is
+        # that URL's error record (see _unexpected), a Redis failure ends the worker.
+        try:
+            fetched = await self._fetcher.fetch(job.url)
+            if fetched.exchange is not None:
+                job.exchanges.append(fetched.exchange)
+            verdict = judge(fetched, job.attempt, self.config)
+        except Exception as exc:
+            if ends_crawl(exc):
+                raise
+            await self._deliver(job, None, unexpected_error(exc, job.url))
+            return
+        await self._settle(job, fetched, verdict)
 
-    async def _settle(self, job: _Job, fetched: Fetched) -> None:
+    async def _settle(self, job: _Job, fetched: Fetched, verdict: Verdict) -> None:
         """Turn one fetch into a page, a retry or a redirect hop (as the engine does)."""
-        if fetched.exchange is not None:
-            job.exchanges.append(fetched.exchange)
-        verdict = judge(fetched, job.attempt, self.config)
         pause, health = verdict.pause, verdict.health
         if verdict.action is Action.RETRY_NOW:
             await self._retry(job, pause=pause)
@@ -662,12 +679,19 @@ class SharedCrawl:
     ) -> bool:
         """Queue the next hop; False when the chain ends here (the page records why)."""
         config = self.config
-        target, error = redirect_target(fetched, job.url, job.chain, job.redirects, config)
+        try:
+            target, error = redirect_target(fetched, job.url, job.chain, job.redirects, config)
+            refused = target is not None and self._refusal(target, job.depth) is not None
+        except Exception as exc:
+            if ends_crawl(exc):
+                raise
+            job.error = unexpected_error(exc, job.url)
+            return False
         if target is None:
             job.error = error or job.error
             return False
         job.redirect_target = target
-        if self._stopping or self._refusal(target, job.depth) is not None:
+        if self._stopping or refused:
             return False
         claim = job.claim
         origin = origin_of(target)
@@ -712,25 +736,40 @@ class SharedCrawl:
         """Build the page (as the engine does), hand it over, complete the lease."""
         config = self.config
         claim = job.claim
+        exchanges = [*self._robots_exchanges.pop(claim.origin, ()), *job.exchanges]
         admitted = _Admitted()
-        page, kind = build_page(
-            config,
-            first_url=job.first_url,
-            url=job.url,
-            depth=job.depth,
-            fetched=fetched,
-            error=error or job.error,
-            redirect_target=job.redirect_target,
-            sitemap=job.sitemap,
-            exchanges=[*self._robots_exchanges.pop(claim.origin, ()), *job.exchanges],
-        )
+        try:
+            page, kind = build_page(
+                config,
+                first_url=job.first_url,
+                url=job.url,
+                depth=job.depth,
+                fetched=fetched,
+                error=error or job.error,
+                redirect_target=job.redirect_target,
+                sitemap=job.sitemap,
+                exchanges=exchanges,
+            )
+            if kind is LinkKind.PAGE:
+                if page.links:
+                    self._admit_links(page, admitted)
+            elif kind is not LinkKind.NONE:
+                index = kind is LinkKind.SITEMAP_INDEX
+                self._admit(page.links, job.depth + (0 if index else 1), admitted, sitemap=index)
+        except Exception as exc:
+            if ends_crawl(exc):
+                raise
+            admitted = _Admitted()
+            page, kind = build_page(
+                config,
+                first_url=job.first_url,
+                url=job.url,
+                depth=job.depth,
+                fetched=None,
+                error=unexpected_error(exc, job.url),
+                exchanges=exchanges,
+            )
         error, body = page.error, page.body
-        if kind is LinkKind.PAGE:
-            if page.links:
-                self._admit_links(page, admitted)
-        elif kind is not LinkKind.NONE:
-            index = kind is LinkKind.SITEMAP_INDEX
-            self._admit(page.links, job.depth + (0 if index else 1), admitted, sitemap=index)
         op: dict[str, Any] = {
             "k": "done",
             "l": claim.lease,
@@ -832,7 +871,11 @@ class SharedCrawl:
         should_follow = self.config.should_follow
         links = page.links
         if should_follow is not None:
-            links = tuple(link for link in links if should_follow(link, page))
+            try:
+                links = tuple(link for link in links if should_follow(link, page))
+            except Exception as exc:
+                note_hook(exc, "should_follow")  # the caller's bug ends the crawl
+                raise
         self._admit(links, depth, admitted)
 
 

@@ -31,6 +31,7 @@ from ._retry import Action, judge, redirect_target, retry_delay
 from ._robots import Robots, RobotsStatus, robots_from_response, robots_source
 from ._shield import bounded_shield
 from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
+from ._unexpected import ends_crawl, failed_fetch, note_hook, unexpected_error
 from ._urls import origin_of
 
 # epoll rounds sleeps up to the millisecond: a dispatcher that wakes this late is
@@ -531,6 +532,13 @@ class Crawl:
                 await self._take_slots(host, token)
                 try:
                     fetched = await self._fetcher.fetch_robots(host.origin)
+                except Exception as exc:
+                    if ends_crawl(exc):
+                        raise
+                    # A bug in the fetch, not the site: robots.txt is unavailable, as
+                    # after a network failure (the parser itself never raises).
+                    error = unexpected_error(exc, f"{host.origin}/robots.txt")
+                    fetched = failed_fetch(f"{host.origin}/robots.txt", error)
                 finally:
                     self._global.release_on_behalf_of(token)
                     host.limiter.release_on_behalf_of(token)
@@ -788,11 +796,20 @@ class Crawl:
                 host = self._frontier.hosts[request.origin]
                 try:
                     try:
-                        fetched = await self._fetcher.fetch(request.url, origin=request.origin)
-                    finally:
-                        host.in_flight -= 1
-                        host.limiter.release_on_behalf_of(request)
-                    await self._settle(request, host, fetched)
+                        try:
+                            fetched = await self._fetcher.fetch(request.url, origin=request.origin)
+                        finally:
+                            host.in_flight -= 1
+                            host.limiter.release_on_behalf_of(request)
+                        await self._settle(request, host, fetched)
+                    except Exception as exc:
+                        # A bug met by one URL's input is that URL's error record. Raised
+                        # before the page was counted (only the hand-over comes after, and
+                        # its failures end the crawl), so it is delivered exactly once.
+                        if ends_crawl(exc):
+                            raise
+                        error = unexpected_error(exc, request.url)
+                        await self._deliver(request, host, None, error)
                 finally:
                     self._global.release_on_behalf_of(request)
 
@@ -951,8 +968,14 @@ class Crawl:
         should_follow = self.config.should_follow
         seen = self._frontier.seen
         for link in page.links:
-            if should_follow is not None and not should_follow(link, page):
-                continue
+            if should_follow is not None:
+                try:
+                    follow = should_follow(link, page)
+                except Exception as exc:
+                    note_hook(exc, "should_follow")  # the caller's bug ends the crawl
+                    raise
+                if not follow:
+                    continue
             if link in seen:  # most links on a page: out before the call into admit()
                 continue
             self._add(link, depth, into=into, normalized=True)

@@ -19,6 +19,7 @@ from ._page import ErrorKind, Exchange, PageError
 from ._retry import REDIRECT_STATUSES
 from ._robots import ROBOTS_MAX_BYTES
 from ._transport import Reply, TrioTransport
+from ._unexpected import note_hook
 from ._urls import host_of, normalize_url, origin_of
 
 
@@ -111,7 +112,11 @@ class Fetcher:
                 if authorization is not None:
                     request.headers["Authorization"] = authorization
             if self.prepare is not None:
-                request = self.prepare(request)
+                try:
+                    request = self.prepare(request)
+                except Exception as exc:
+                    note_hook(exc, "prepare")  # the caller's bug ends the crawl
+                    raise
         started_at = dt.datetime.now(dt.UTC)
         start = trio.current_time()
         status: int | None = None
@@ -322,14 +327,25 @@ def _framing(raw: list[tuple[bytes, bytes]]) -> tuple[str | None, str | None]:
 
 
 def _check_length(value: str | None, cap: int) -> PageError | None:
-    """Refuse a declared body over the cap before reading it (encoded or not)."""
-    try:
-        length = int(value.strip()) if value is not None else 0
-    except ValueError:
+    """Refuse a declared body over the cap before reading it (encoded or not).
+
+    Only a valid length counts: 1*DIGIT in ASCII (RFC 9110 8.6; int() also takes "+5",
+    "1_000" and other scripts' digits), or a list of one such value repeated. Any other
+    value is ignored here; the streamed body is capped all the same."""
+    if value is None:
         return None
-    if length > cap:
+    first, _, rest = value.partition(",")
+    digits = first.strip()
+    if not (digits.isascii() and digits.isdigit()):
+        return None
+    if rest and any(other.strip() != digits for other in rest.split(",")):
+        return None
+    digits = digits.lstrip("0") or "0"
+    # int() of a 5,000-digit string raises; 20 digits are over any cap already.
+    if len(digits) > 20 or int(digits) > cap:
+        shown = digits if len(digits) <= 20 else f"of {len(digits)} digits"
         return PageError(
-            ErrorKind.TOO_LARGE, f"Content-Length {length} exceeds max_bytes={cap}; body not read"
+            ErrorKind.TOO_LARGE, f"Content-Length {shown} exceeds max_bytes={cap}; body not read"
         )
     return None
 

@@ -20,6 +20,7 @@ Speed notes (see ``benchmarks/bench_links.py``):
 from __future__ import annotations
 
 import codecs
+import itertools
 import re
 from dataclasses import dataclass
 
@@ -109,6 +110,16 @@ _META_TAG = re.compile(rb"<meta[\s/]([^>]*)", re.IGNORECASE)
 _ATTRIBUTE = re.compile(rb"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+)))?""")
 _CONTENT_CHARSET = re.compile(rb"""charset\s*=\s*["']?\s*([^\s;"']{1,64})""", re.IGNORECASE)
 
+MAX_DEPTH = 2048
+"""Elements nested deeper than this are cut off the page (see _cut_deep_nesting)."""
+_DEEP_CHECK_TAGS = 8192
+_TAG = re.compile(rb"<(/?)([a-z][a-z0-9]*)")
+# Void elements, and those an end tag is usually left out for (they close each other),
+# make a page no deeper.
+_NOT_NESTING = frozenset(
+    b"area base br col embed hr img input link meta source track wbr param keygen "
+    b"p li dt dd option optgroup tr td th thead tbody tfoot colgroup caption rb rt rp".split()
+)
 _LINK_TAGS = ("a", "area", "frame", "iframe")
 _LINK_SELECTOR = "a, area, link, frame, iframe"
 _ROBOTS_SPLIT = re.compile(r"[\s,]+")
@@ -199,6 +210,31 @@ def _sniff_encoding(body: bytes, content_type: str | None) -> tuple[str, int]:
         if codec is not None:
             return codec, 0
     return _UTF8, 0
+
+
+def _cut_deep_nesting(body: bytes) -> bytes:
+    """`body`, cut where its elements nest deeper than MAX_DEPTH.
+
+    Lexbor walks the stack of open elements for each block-level start tag, so a page
+    of 100,000 nested ``<div>`` took ~100 s to parse, blocking the whole crawl; browsers
+    cap the depth too (Chrome at 512). Counting costs a Python loop over the tags
+    (~15% of the parse), so only pages with enough tags to cost much are counted."""
+    if len(body) <= _DEEP_CHECK_TAGS or body.count(b"<") <= _DEEP_CHECK_TAGS:
+        return body
+    lowered = body.lower()
+    depth = 0
+    for index, (closing, name) in enumerate(_TAG.findall(lowered)):  # findall: 2x finditer
+        if name in _NOT_NESTING:
+            continue
+        if closing:
+            if depth:
+                depth -= 1
+        else:
+            depth += 1
+            if depth > MAX_DEPTH:
+                cut = next(itertools.islice(_TAG.finditer(lowered), index, None))
+                return body[: cut.start()]
+    return body
 
 
 def _build_tree(body: bytes, codec: str, bom: int) -> LexborHTMLParser:
@@ -326,7 +362,7 @@ def _parse(
     body: bytes, url: str, codec: str, bom: int, max_links: int, max_url_length: int
 ) -> ParsedPage:
     """parse_html proper; may raise only on a bug (parse_html guards it)."""
-    tree = _build_tree(body, codec, bom)
+    tree = _build_tree(_cut_deep_nesting(body), codec, bom)
     title = _title(tree)
     if _page_nofollow(tree):
         return ParsedPage(title=title, links=(), nofollow=True, encoding=codec)

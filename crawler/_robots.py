@@ -5,6 +5,8 @@ and reads Crawl-delay, Request-rate and Sitemap lines, which the stdlib parser d
 from __future__ import annotations
 
 import enum
+import logging
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -14,6 +16,8 @@ from ._page import PageError
 
 if TYPE_CHECKING:
     from ._fetch import Fetched
+
+logger = logging.getLogger(__name__)
 
 ROBOTS_MAX_BYTES = 500 * 1024
 ROBOTS_TTL = 24 * 3600.0
@@ -49,21 +53,36 @@ class Robots:
 
     def allows(self, url: str, user_agent: str) -> bool:
         if self.status is RobotsStatus.PARSED and self.parser is not None:
-            return bool(self.parser.can_fetch(url, user_agent))
+            try:
+                return bool(self.parser.can_fetch(url, user_agent))
+            except Exception:
+                # A rule the parser took but cannot match: no usable rule, so allowed
+                # (RFC 9309 2.2: only parseable rules count).
+                logger.info("robots.txt rules failed on %s", url, exc_info=True)
+                return True
         return self.status is not RobotsStatus.UNAVAILABLE
 
     def interval(self, user_agent: str) -> float:
         """Seconds between requests that Crawl-delay / Request-rate ask for (0 = none)."""
         if self.status is not RobotsStatus.PARSED or self.parser is None:
             return 0.0
+        try:
+            return self._interval(self.parser, user_agent)
+        except Exception:  # an unusable Crawl-delay / Request-rate is no such line
+            logger.info("robots.txt delay unusable", exc_info=True)
+            return 0.0
+
+    @staticmethod
+    def _interval(parser: Protego, user_agent: str) -> float:
         interval = 0.0
-        delay = self.parser.crawl_delay(user_agent)
+        delay = parser.crawl_delay(user_agent)
         if delay is not None and delay > 0:
             interval = float(delay)
-        rate = self.parser.request_rate(user_agent)
+        rate = parser.request_rate(user_agent)
         if rate is not None and rate.requests > 0 and rate.seconds > 0:
             interval = max(interval, rate.seconds / rate.requests)
-        return interval
+        # A NaN or infinite delay is no delay anyone can honour: ignore it.
+        return interval if math.isfinite(interval) else 0.0
 
 
 def robots_source(fetched: Fetched) -> tuple[int | None, bytes]:
@@ -95,10 +114,17 @@ def robots_from_response(status: int | None, body: bytes, now: float) -> Robots:
         # Redirects are followed by the caller; one that leads nowhere counts as no file.
         return Robots(RobotsStatus.ALLOW_ALL, expires=now + ROBOTS_TTL, message=f"HTTP {status}")
     text = body[:ROBOTS_MAX_BYTES].decode("utf-8", errors="replace")
-    parser = Protego.parse(text)
-    return Robots(
-        RobotsStatus.PARSED,
-        parser=parser,
-        expires=now + ROBOTS_TTL,
-        sitemaps=tuple(parser.sitemaps),
-    )
+    try:
+        parser = Protego.parse(text)
+        sitemaps = tuple(str(url) for url in parser.sitemaps)
+    except Exception as exc:
+        # The file was served, so the site is up; RFC 9309 2.2 has crawlers use only
+        # the rules they can parse, and here there are none: allow all (calling it
+        # unavailable would refuse the whole host, again after every retry).
+        logger.info("robots.txt unparseable", exc_info=True)
+        return Robots(
+            RobotsStatus.ALLOW_ALL,
+            expires=now + ROBOTS_TTL,
+            message=f"robots.txt unparseable ({type(exc).__name__}); all allowed",
+        )
+    return Robots(RobotsStatus.PARSED, parser=parser, expires=now + ROBOTS_TTL, sitemaps=sitemaps)

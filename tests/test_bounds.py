@@ -40,40 +40,46 @@ def test_trap_shapes(url: str, trap: bool) -> None:
 
 async def test_endless_link_trap_is_cut(autojump_clock: trio.testing.MockClock) -> None:
     async def handle(request: httpx.Request) -> httpx.Response:
+        await trio.sleep(0.1)  # virtual time passes: a crawl that runs away meets the deadline
         path = request.url.path.rstrip("/")
         depth = path.count("/")
         return httpx.Response(200, html=html(path, [f"{path}/x/", f"{path}/{depth}/"]))
 
     cfg = config(seeds=(f"{A}/trap",), max_path_depth=6, max_path_repeats=2)
-    async with crawler.open_crawl(cfg, transport=httpx.MockTransport(handle)) as crawl:
-        pages = [page async for page in crawl]
-        stats = crawl.statistics()
+    with trio.fail_after(60):
+        async with crawler.open_crawl(cfg, transport=httpx.MockTransport(handle)) as crawl:
+            pages = [page async for page in crawl]
+            stats = crawl.statistics()
     assert stats.dropped["trap"] > 0
     assert all(not looks_like_trap(p.url, 6, 2) for p in pages)
     assert len(pages) < 100
 
 
 async def test_queue_bounds_drop_and_count(autojump_clock: trio.testing.MockClock) -> None:
-    site = MockSite({f"{A}/": html("home", [f"/p/{i}" for i in range(500)])})
-    async with crawler.open_crawl(config(max_host_queue=100), transport=site.transport()) as crawl:
-        pages = [page async for page in crawl]
-        stats = crawl.statistics()
+    site = MockSite({f"{A}/": html("home", [f"/p/{i}" for i in range(500)])}, latency=0.01)
+    cfg = config(max_host_queue=100)
+    with trio.fail_after(60):
+        async with crawler.open_crawl(cfg, transport=site.transport()) as crawl:
+            pages = [page async for page in crawl]
+            stats = crawl.statistics()
     assert len(pages) == 101 and stats.dropped["max_host_queue"] == 400
 
-    site = MockSite({f"{A}/": html("home", [f"/p/{i}" for i in range(500)])})
-    async with crawler.open_crawl(config(max_queued=50), transport=site.transport()) as crawl:
-        pages = [page async for page in crawl]
-        stats = crawl.statistics()
+    site = MockSite({f"{A}/": html("home", [f"/p/{i}" for i in range(500)])}, latency=0.01)
+    with trio.fail_after(60):
+        async with crawler.open_crawl(config(max_queued=50), transport=site.transport()) as crawl:
+            pages = [page async for page in crawl]
+            stats = crawl.statistics()
     assert stats.dropped["max_queued"] > 0 and len(pages) <= 52
 
 
 async def test_max_time_stops_gracefully(autojump_clock: trio.testing.MockClock) -> None:
     site = MockSite(chain_site(A, 500), latency=0.5)
-    async with crawler.open_crawl(
-        config(rate=2.0, max_time=10.0), transport=site.transport()
-    ) as crawl:
-        pages = [page async for page in crawl]
-        stats = crawl.statistics()
+    with trio.fail_after(60):
+        async with crawler.open_crawl(
+            config(rate=2.0, max_time=10.0), transport=site.transport()
+        ) as crawl:
+            pages = [page async for page in crawl]
+            stats = crawl.statistics()
     assert stats.stopped == "max_time"
     assert trio.current_time() == pytest.approx(10.5, abs=0.6)  # in-flight pages finished
     assert not [h for h in site.hits if h.start > 10.0]
@@ -87,7 +93,8 @@ async def test_header_limits_are_protocol_errors() -> None:
         cfg = crawler.CrawlConfig(
             seeds=(server.url(0),), rate=0, max_headers=1, retries=0, obey_robots=False
         )
-        stats = await crawler.crawl(cfg)
+        with trio.fail_after(30):
+            stats = await crawler.crawl(cfg)
     assert stats.errors_by_kind.get("protocol", 0) >= 1
 
 

@@ -266,12 +266,13 @@ async def test_two_workers_in_one_program(redis_url: str, crawl_id: str) -> None
 
         async def worker(name: str) -> None:
             config = _config(server)
-            async with open_shared_crawl(
-                config, redis_url=redis_url, crawl_id=crawl_id, worker_id=name
-            ) as crawl:
-                async for page in crawl:
-                    pages[name].append(page)
-                assert crawl.statistics().pages == len(pages[name])
+            with trio.fail_after(60):
+                async with open_shared_crawl(
+                    config, redis_url=redis_url, crawl_id=crawl_id, worker_id=name
+                ) as crawl:
+                    async for page in crawl:
+                        pages[name].append(page)
+                    assert crawl.statistics().pages == len(pages[name])
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(worker, "a")
@@ -287,10 +288,11 @@ async def test_two_workers_in_one_program(redis_url: str, crawl_id: str) -> None
 async def test_results_stream_holds_each_page_once(redis_url: str, crawl_id: str) -> None:
     async with open_site_server(ports=1, pages=40) as server:
         config = _config(server)
-        async with open_shared_crawl(
-            config, redis_url=redis_url, crawl_id=crawl_id, worker_id="s", results="redis"
-        ) as crawl:
-            yielded = [page.url async for page in crawl]
+        with trio.fail_after(60):
+            async with open_shared_crawl(
+                config, redis_url=redis_url, crawl_id=crawl_id, worker_id="s", results="redis"
+            ) as crawl:
+                yielded = [page.url async for page in crawl]
         async with open_redis(redis_url) as client:
             key = f"crawler:{{{crawl_id}}}:results"
             entries = await client.xrange(key)
@@ -307,10 +309,11 @@ async def test_retry_after_pauses_the_host_for_all_workers(redis_url: str, crawl
         config = _config(server, seeds=seeds, per_host=1)
 
         async def worker(name: str) -> list[crawler.Page]:
-            async with open_shared_crawl(
-                config, redis_url=redis_url, crawl_id=crawl_id, worker_id=name
-            ) as crawl:
-                return [page async for page in crawl]
+            with trio.fail_after(60):
+                async with open_shared_crawl(
+                    config, redis_url=redis_url, crawl_id=crawl_id, worker_id=name
+                ) as crawl:
+                    return [page async for page in crawl]
 
         results: list[list[crawler.Page]] = []
 
@@ -339,10 +342,11 @@ async def test_robots_txt_is_fetched_once_and_obeyed_by_every_worker(
         urls: list[str] = []
 
         async def worker(name: str) -> None:
-            async with open_shared_crawl(
-                config, redis_url=redis_url, crawl_id=crawl_id, worker_id=name
-            ) as crawl:
-                urls.extend([page.url async for page in crawl])
+            with trio.fail_after(60):
+                async with open_shared_crawl(
+                    config, redis_url=redis_url, crawl_id=crawl_id, worker_id=name
+                ) as crawl:
+                    urls.extend([page.url async for page in crawl])
 
         async with trio.open_nursery() as nursery:
             for name in ("a", "b", "c"):
@@ -382,15 +386,16 @@ async def test_seedless_worker_joins_and_ends_with_the_crawl(
         async def joined() -> None:
             stats.append(await join_later())
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(joined)
-            await run_worker(
-                seeded,
-                redis_url=redis_url,
-                crawl_id=crawl_id,
-                worker_id="seeder",
-                output=out,
-            )
+        with trio.fail_after(60):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(joined)
+                await run_worker(
+                    seeded,
+                    redis_url=redis_url,
+                    crawl_id=crawl_id,
+                    worker_id="seeder",
+                    output=out,
+                )
         by_worker = {
             name: [page["url"] for page in _read_pages(Path(worker_path(out, name)))]
             for name in ("seeder", "joiner")
@@ -422,11 +427,12 @@ async def test_workers_must_agree_on_politeness(redis_url: str, crawl_id: str) -
 async def test_leaving_early_gives_the_leases_back(redis_url: str, crawl_id: str) -> None:
     async with open_site_server(ports=1, pages=50, latency=0.2) as server:
         config = _config(server, per_host=4)
-        async with open_shared_crawl(
-            config, redis_url=redis_url, crawl_id=crawl_id, worker_id="quitter"
-        ) as crawl:
-            async for _ in crawl:
-                break
+        with trio.fail_after(60):
+            async with open_shared_crawl(
+                config, redis_url=redis_url, crawl_id=crawl_id, worker_id="quitter"
+            ) as crawl:
+                async for _ in crawl:
+                    break
         status = await shared_status(redis_url, crawl_id)
         assert status.leased == 0 and status.pages == 1
         assert status.queued == status.pending > 0
@@ -442,14 +448,15 @@ async def test_leaving_early_gives_the_leases_back(redis_url: str, crawl_id: str
 async def test_stop_finishes_what_is_under_way(redis_url: str, crawl_id: str) -> None:
     async with open_site_server(ports=1, pages=50, latency=0.05) as server:
         config = _config(server)
-        async with open_shared_crawl(
-            config, redis_url=redis_url, crawl_id=crawl_id, worker_id="w"
-        ) as crawl:
-            seen = 0
-            async for _ in crawl:
-                seen += 1
-                if seen == 5:
-                    crawl.stop()
+        with trio.fail_after(60):
+            async with open_shared_crawl(
+                config, redis_url=redis_url, crawl_id=crawl_id, worker_id="w"
+            ) as crawl:
+                seen = 0
+                async for _ in crawl:
+                    seen += 1
+                    if seen == 5:
+                        crawl.stop()
         status = await shared_status(redis_url, crawl_id)
         assert status.leased == 0 and status.pages == seen and not status.finished
         assert server.in_flight == 0
@@ -469,11 +476,12 @@ def test_worker_files_are_named_after_the_worker() -> None:
 async def test_status_command(redis_url: str, crawl_id: str) -> None:
     async with open_site_server(ports=1, pages=10) as server:
         config = _config(server)
-        async with open_shared_crawl(
-            config, redis_url=redis_url, crawl_id=crawl_id, worker_id="w"
-        ) as crawl:
-            async for _ in crawl:
-                pass
+        with trio.fail_after(60):
+            async with open_shared_crawl(
+                config, redis_url=redis_url, crawl_id=crawl_id, worker_id="w"
+            ) as crawl:
+                async for _ in crawl:
+                    pass
     cmd = [sys.executable, "-m", "crawler._distributed", "--redis", redis_url]
     cmd += ["--crawl-id", crawl_id, "--status"]
     result = await trio.run_process(cmd, cwd=ROOT, env=_env(), capture_stdout=True)
@@ -494,10 +502,11 @@ async def test_redirect_chains_cross_workers_with_their_exchanges(
         pages: list[crawler.Page] = []
 
         async def worker(name: str) -> None:
-            async with open_shared_crawl(
-                config, redis_url=redis_url, crawl_id=crawl_id, worker_id=name
-            ) as crawl:
-                pages.extend([page async for page in crawl])
+            with trio.fail_after(60):
+                async with open_shared_crawl(
+                    config, redis_url=redis_url, crawl_id=crawl_id, worker_id=name
+                ) as crawl:
+                    pages.extend([page async for page in crawl])
 
         async with trio.open_nursery() as nursery:
             for name in ("a", "b", "c"):

@@ -32,9 +32,10 @@ def config(**kwargs: object) -> crawler.CrawlConfig:
 async def collect(
     cfg: crawler.CrawlConfig, site: MockSite
 ) -> tuple[list[crawler.Page], crawler.Statistics]:
-    async with crawler.open_crawl(cfg, transport=site.transport()) as crawl:
-        pages = [page async for page in crawl]
-        return pages, crawl.statistics()
+    with trio.fail_after(600):
+        async with crawler.open_crawl(cfg, transport=site.transport()) as crawl:
+            pages = [page async for page in crawl]
+            return pages, crawl.statistics()
 
 
 async def test_crawls_every_reachable_page_once(autojump_clock: trio.testing.MockClock) -> None:
@@ -198,29 +199,31 @@ async def test_backpressure_slow_consumer(
 ) -> None:
     site = MockSite(chain_site(A, 200, fanout=5))
     cfg = config(concurrency=4, per_host=4, result_buffer=buffer)
-    async with crawler.open_crawl(cfg, transport=site.transport()) as crawl:
-        first = await crawl.__anext__()
-        assert first.url == f"{A}/"
-        await trio.sleep(100)  # the consumer dawdles: fetching must stall, not pile up
-        stalled = len(site.hits)
-        # delivered + the buffer + one page per worker + one being handed over
-        assert stalled <= 1 + buffer + 4 + 1
-        count = 1
-        async for _ in crawl:
-            count += 1
-            await trio.sleep(1)
-        assert count == 201
+    with trio.fail_after(600):
+        async with crawler.open_crawl(cfg, transport=site.transport()) as crawl:
+            first = await crawl.__anext__()
+            assert first.url == f"{A}/"
+            await trio.sleep(100)  # the consumer dawdles: fetching must stall, not pile up
+            stalled = len(site.hits)
+            # delivered + the buffer + one page per worker + one being handed over
+            assert stalled <= 1 + buffer + 4 + 1
+            count = 1
+            async for _ in crawl:
+                count += 1
+                await trio.sleep(1)
+            assert count == 201
 
 
 async def test_leaving_early_stops_all_traffic(autojump_clock: trio.testing.MockClock) -> None:
     site = MockSite(chain_site(A, 500, fanout=5), latency=0.1)
-    async with crawler.open_crawl(
-        config(concurrency=8, per_host=8), transport=site.transport()
-    ) as crawl:
-        async for page in crawl:
-            if page.url.endswith("/p/3"):
-                break
-        left_at = trio.current_time()
+    with trio.fail_after(600):
+        async with crawler.open_crawl(
+            config(concurrency=8, per_host=8), transport=site.transport()
+        ) as crawl:
+            async for page in crawl:
+                if page.url.endswith("/p/3"):
+                    break
+            left_at = trio.current_time()
     count = len(site.hits)
     assert trio.current_time() - left_at < 0.01
     await trio.sleep(10)
@@ -260,10 +263,11 @@ def all_tasks() -> int:
 async def test_no_task_left_behind(autojump_clock: trio.testing.MockClock) -> None:
     site = MockSite(chain_site(A, 100, fanout=3), latency=0.2)
     before = all_tasks()
-    async with crawler.open_crawl(config(), transport=site.transport()) as crawl:
-        async for _ in crawl:
-            assert all_tasks() > before + 8  # workers and dispatchers are running
-            break
+    with trio.fail_after(600):
+        async with crawler.open_crawl(config(), transport=site.transport()) as crawl:
+            async for _ in crawl:
+                assert all_tasks() > before + 8  # workers and dispatchers are running
+                break
     assert all_tasks() == before
 
 
@@ -277,9 +281,10 @@ async def test_consumer_exception_propagates_unchanged(
 
     error = Boom("consumer failed")
     with pytest.raises(Boom) as info:
-        async with crawler.open_crawl(config(), transport=site.transport()) as crawl:
-            async for _ in crawl:
-                raise error
+        with trio.fail_after(600):
+            async with crawler.open_crawl(config(), transport=site.transport()) as crawl:
+                async for _ in crawl:
+                    raise error
     assert info.value is error
 
 
@@ -306,7 +311,8 @@ async def test_http_errors_and_non_html_are_records(autojump_clock: trio.testing
 
 async def test_crawl_returns_statistics(autojump_clock: trio.testing.MockClock) -> None:
     site = MockSite(chain_site(A, 10), latency=0.5)
-    stats = await crawler.crawl(config(), transport=site.transport())
+    with trio.fail_after(600):
+        stats = await crawler.crawl(config(), transport=site.transport())
     assert stats.pages == 11 and stats.errors == 0
     assert stats.elapsed > 0 and math.isfinite(stats.pages_per_second)
     assert stats.seen == 11
@@ -314,30 +320,32 @@ async def test_crawl_returns_statistics(autojump_clock: trio.testing.MockClock) 
 
 async def test_graceful_and_hard_stop(autojump_clock: trio.testing.MockClock) -> None:
     site = MockSite(chain_site(A, 300, fanout=5), latency=1.0)
-    async with crawler.open_crawl(
-        config(per_host=4, concurrency=4), transport=site.transport()
-    ) as crawl:
-        got = []
-        async for page in crawl:
-            got.append(page)
-            if len(got) == 5:
-                in_flight = crawl.statistics().in_flight
-                crawl.stop()
-        # Graceful: the in-flight pages still arrive, nothing new starts.
-        assert len(got) >= 5 + in_flight - 1
-        assert len(site.hits) <= len(got) + 1
+    with trio.fail_after(600):
+        async with crawler.open_crawl(
+            config(per_host=4, concurrency=4), transport=site.transport()
+        ) as crawl:
+            got = []
+            async for page in crawl:
+                got.append(page)
+                if len(got) == 5:
+                    in_flight = crawl.statistics().in_flight
+                    crawl.stop()
+            # Graceful: the in-flight pages still arrive, nothing new starts.
+            assert len(got) >= 5 + in_flight - 1
+            assert len(site.hits) <= len(got) + 1
 
     site = MockSite(chain_site(A, 300, fanout=5), latency=1.0)
-    async with crawler.open_crawl(
-        config(per_host=4, concurrency=4), transport=site.transport()
-    ) as crawl:
-        n = 0
-        async for _ in crawl:
-            n += 1
-            if n == 5:
-                crawl.stop(graceful=False)
-                stopped_at = trio.current_time()
-        assert trio.current_time() - stopped_at < 0.01
+    with trio.fail_after(600):
+        async with crawler.open_crawl(
+            config(per_host=4, concurrency=4), transport=site.transport()
+        ) as crawl:
+            n = 0
+            async for _ in crawl:
+                n += 1
+                if n == 5:
+                    crawl.stop(graceful=False)
+                    stopped_at = trio.current_time()
+            assert trio.current_time() - stopped_at < 0.01
 
 
 def test_config_validation_names_the_field() -> None:

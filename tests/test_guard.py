@@ -100,13 +100,14 @@ async def test_block_private_blocks_redirect_and_private_dns() -> None:
         hop = server.url(0, "/redirect-to?" + urlencode({"url": local}))
         guard = AddressGuard(["127.0.0.1"])
         config = crawler.CrawlConfig(seeds=(server.url(0, "/"),), scope="any", rate=0, max_depth=0)
-        async with (
-            TrioTransport(connect=guard) as transport,
-            crawler.open_crawl(config, transport=transport) as crawl,
-        ):
-            assert crawl.add(hop)
-            assert crawl.add("http://intranet.test/secret")
-            pages = {page.url: page async for page in crawl}
+        with trio.fail_after(60):
+            async with (
+                TrioTransport(connect=guard) as transport,
+                crawler.open_crawl(config, transport=transport) as crawl,
+            ):
+                assert crawl.add(hop)
+                assert crawl.add("http://intranet.test/secret")
+                pages = {page.url: page async for page in crawl}
         served = {(r.port, r.path) for r in server.log}
     assert pages[server.url(0, "/")].status == 200
     redirected = pages[hop]
@@ -138,7 +139,8 @@ async def test_credentials_stay_with_their_origin(autojump_clock: trio.testing.M
     config = crawler.CrawlConfig(
         seeds=("http://user:pw@a.test/",), scope="any", rate=0, obey_robots=False
     )
-    await crawler.crawl(config, transport=site.transport())
+    with trio.fail_after(60):
+        await crawler.crawl(config, transport=site.transport())
     assert seen["http://a.test/"] is not None and seen["http://a.test/"].startswith("Basic ")
     assert seen["http://b.test/"] is None
     assert seen["http://b.test/x"] is None

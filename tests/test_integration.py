@@ -22,11 +22,12 @@ async def test_crawls_a_loopback_site_politely() -> None:
             obey_robots=True,
         )
         urls: list[str] = []
-        async with crawler.open_crawl(config) as crawl:
-            async for page in crawl:
-                assert page.error is None, page
-                urls.append(page.final_url)
-            stats = crawl.statistics()
+        with trio.fail_after(60):
+            async with crawler.open_crawl(config) as crawl:
+                async for page in crawl:
+                    assert page.error is None, page
+                    urls.append(page.final_url)
+                stats = crawl.statistics()
 
         assert len(urls) == len(set(urls))
         assert set(urls) == server.reachable_urls()
@@ -46,7 +47,8 @@ async def test_crawls_a_loopback_site_politely() -> None:
 async def test_server_sees_exact_spacing_at_burst_one() -> None:
     async with open_site_server(ports=1, pages=40) as server:
         config = crawler.CrawlConfig(seeds=(server.url(0),), rate=25.0, per_host=4)
-        await crawler.crawl(config)
+        with trio.fail_after(60):
+            await crawler.crawl(config)
         gaps = server.start_gaps(0)
         assert len(gaps) >= 40
         assert min(gaps) >= 1 / 25.0 - EPS
@@ -56,16 +58,18 @@ async def test_default_transport_can_be_swapped() -> None:
     async with open_site_server(ports=1, pages=20) as server:
         config = crawler.CrawlConfig(seeds=(server.url(0),), rate=0, per_host=4)
         async with httpx.AsyncHTTPTransport() as transport:
-            stats = await crawler.crawl(config, transport=transport)
+            with trio.fail_after(60):
+                stats = await crawler.crawl(config, transport=transport)
         assert stats.pages == len(server.reachable_urls()) and stats.errors == 0
 
 
 async def test_leaving_early_closes_connections() -> None:
     async with open_site_server(ports=1, pages=300, latency=0.05) as server:
         config = crawler.CrawlConfig(seeds=(server.url(0),), rate=0, per_host=4)
-        async with crawler.open_crawl(config) as crawl:
-            async for _ in crawl:
-                break
+        with trio.fail_after(60):
+            async with crawler.open_crawl(config) as crawl:
+                async for _ in crawl:
+                    break
         count = len(server.log)
         with trio.fail_after(2):
             await server.wait_quiet()

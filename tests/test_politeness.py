@@ -35,9 +35,10 @@ def config(**kwargs: object) -> crawler.CrawlConfig:
 async def collect(
     cfg: crawler.CrawlConfig, site: MockSite
 ) -> tuple[dict[str, crawler.Page], crawler.Statistics]:
-    async with crawler.open_crawl(cfg, transport=site.transport()) as crawl:
-        pages = {page.url: page async for page in crawl}
-        return pages, crawl.statistics()
+    with trio.fail_after(600):
+        async with crawler.open_crawl(cfg, transport=site.transport()) as crawl:
+            pages = {page.url: page async for page in crawl}
+            return pages, crawl.statistics()
 
 
 def robots(text: str) -> httpx.Response:
@@ -181,8 +182,9 @@ async def test_retry_after_pauses_the_host(autojump_clock: trio.testing.MockCloc
         return response
 
     transport = httpx.MockTransport(handle)
-    async with crawler.open_crawl(cfg, transport=transport) as crawl:
-        pages = {p.url: p async for p in crawl}
+    with trio.fail_after(600):
+        async with crawler.open_crawl(cfg, transport=transport) as crawl:
+            pages = {p.url: p async for p in crawl}
     first_429 = next(h.start for h in site.hits if h.url == f"{A}/p/0")
     a_after = [h.start for h in site.hits if h.url.startswith(A) and h.start > first_429]
     assert a_after and min(a_after) == pytest.approx(first_429 + 7.0)
@@ -218,8 +220,9 @@ async def test_retries_then_success_and_exhaustion(autojump_clock: trio.testing.
         return httpx.Response(404)
 
     cfg = config(obey_robots=False, retries=2)
-    async with crawler.open_crawl(cfg, transport=httpx.MockTransport(handle)) as crawl:
-        pages = {p.url: p async for p in crawl}
+    with trio.fail_after(600):
+        async with crawler.open_crawl(cfg, transport=httpx.MockTransport(handle)) as crawl:
+            pages = {p.url: p async for p in crawl}
     assert attempts[f"{A}/flaky"] == 3 and pages[f"{A}/flaky"].status == 200
     assert attempts[f"{A}/down"] == 3
     down = pages[f"{A}/down"].error
@@ -258,9 +261,10 @@ async def test_backoff_grows_on_503_and_decays(autojump_clock: trio.testing.Mock
 
     rates: list[float] = []
     cfg = config(obey_robots=False, rate=10.0, retries=0, per_host=1)
-    async with crawler.open_crawl(cfg, transport=httpx.MockTransport(handle)) as crawl:
-        async for _ in crawl:
-            rates.append(crawl.statistics().hosts[A].rate)
+    with trio.fail_after(600):
+        async with crawler.open_crawl(cfg, transport=httpx.MockTransport(handle)) as crawl:
+            async for _ in crawl:
+                rates.append(crawl.statistics().hosts[A].rate)
     assert min(rates) < 10.0 / 8  # backed off well below the configured rate
     assert rates[-1] == pytest.approx(10.0)  # and recovered
 
