@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as dt
-import json
 import logging
 import math
 import os
@@ -24,21 +22,20 @@ import re
 import signal
 import sys
 import threading
-import time
 import tomllib
-from collections import deque
 from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TextIO
 
-import httpx
 import trio
 
 from ._config import CrawlConfig, MiB
 from ._engine import Crawl, open_crawl
+from ._logs import log_page, setup_logging
 from ._output import JsonLinesWriter, OutputError, WarcWriter
-from ._page import Page, Statistics
+from ._page import Statistics
+from ._report import format_shared_status, format_state_status, print_summary, show_progress
 from ._shield import hurry, threads_running
 from ._state import (
     Snapshot,
@@ -64,9 +61,6 @@ STOP_NOW_LIMIT = 2.0
 abandoning it (a healthy one takes milliseconds)."""
 FORCE_EXIT_AFTER = 4.0
 """Seconds after a stop-now before the process exits whatever blocks it (os._exit)."""
-PROGRESS_INTERVAL = 0.25
-RATE_WINDOW = 5.0
-TOP_HOSTS = 5
 
 _FIELDS = {f.name: f for f in dataclasses.fields(CrawlConfig)}
 _DEFAULTS: dict[str, Any] = {
@@ -522,220 +516,6 @@ def build_config(argv: Sequence[str] | None = None) -> CrawlConfig:
 
 
 # ---------------------------------------------------------------------------
-# Logging (-v)
-
-
-class _StderrHandler(logging.Handler):
-    """Writes to whatever sys.stderr is now (rich's live display swaps it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            stream = sys.stderr
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except Exception:  # pragma: no cover - logging must never crash the crawl
-            self.handleError(record)
-
-
-_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-
-def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
-    ts = dt.datetime.fromtimestamp(record.created, dt.UTC)
-    out: dict[str, Any] = {
-        "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-        "level": record.levelname.lower(),
-        "logger": record.name,
-        "msg": record.getMessage(),
-    }
-    for key, value in record.__dict__.items():
-        if key not in _RESERVED and not key.startswith("_"):
-            out[key] = value
-    if record.exc_info:
-        out["exc"] = logging.Formatter().formatException(record.exc_info)
-    return out
-
-
-def _logfmt_value(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = value if isinstance(value, str) else str(value)
-    if text and not re.search(r'[\s"=\\]', text) and text.isprintable():
-        return text
-    return json.dumps(text)
-
-
-class LogfmtFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _record_fields(record).items())
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_record_fields(record), default=str, separators=(",", ":"))
-
-
-def _setup_logging(options: Options) -> None:
-    logger = logging.getLogger("crawler")
-    logger.propagate = False
-    for old in [h for h in logger.handlers if isinstance(h, _StderrHandler | logging.NullHandler)]:
-        logger.removeHandler(old)
-    if options.verbose:
-        handler = _StderrHandler()
-        handler.setFormatter(
-            LogfmtFormatter() if options.log_format == "logfmt" else JsonFormatter()
-        )
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    else:
-        logger.addHandler(logging.NullHandler())
-
-
-# ---------------------------------------------------------------------------
-# Progress and summary
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _human_seconds(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def throttled_hosts(config: CrawlConfig, stats: Statistics) -> int:
-    """Hosts held below their configured rate now (Retry-After pause, robots delay, backoff)."""
-    count = 0
-    for origin, host in stats.hosts.items():
-        if host.paused_until is not None:
-            count += 1
-            continue
-        if host.rate <= 0:
-            continue  # unlimited: not throttled
-        try:
-            name = httpx.URL(origin).host
-        except httpx.InvalidURL:  # pragma: no cover - origins come from parsed URLs
-            name = origin
-        configured = config.limits_for(name, origin)[0]
-        if configured == 0 or host.rate < configured * (1 - 1e-9):
-            count += 1
-    return count
-
-
-class _Progress:
-    """A live status line on stderr, refreshed from Crawl.statistics()."""
-
-    def __init__(self, config: CrawlConfig) -> None:
-        self.config = config
-        self.samples: deque[tuple[float, int]] = deque()
-
-    def render(self, stats: Statistics) -> Any:
-        from rich.console import Group
-        from rich.progress_bar import ProgressBar
-        from rich.spinner import Spinner
-        from rich.table import Table
-        from rich.text import Text
-
-        now = time.monotonic()
-        self.samples.append((now, stats.pages))
-        while self.samples and now - self.samples[0][0] > RATE_WINDOW:
-            self.samples.popleft()
-        first_time, first_pages = self.samples[0]
-        span = now - first_time
-        rate = (stats.pages - first_pages) / span if span > 0.5 else stats.pages_per_second
-
-        line = Text()
-        line.append(f"{stats.pages:,} pages", style="bold")
-        line.append(f"  {rate:,.1f}/s", style="cyan")
-        line.append(f"  queued {stats.queued:,}  in flight {stats.in_flight:,}")
-        line.append("  errors ")
-        line.append(f"{stats.errors:,}", style="red" if stats.errors else "")
-        line.append(
-            f"  hosts {len(stats.hosts):,} ({throttled_hosts(self.config, stats):,} throttled)"
-        )
-        line.append(f"  {_human_bytes(stats.bytes)}  {_human_seconds(stats.elapsed)}", style="dim")
-        grid = Table.grid(padding=(0, 1))
-        grid.add_row(Spinner("dots", style="green"), line)
-        max_pages = self.config.max_pages
-        if max_pages:
-            bar = ProgressBar(total=max_pages, completed=min(stats.pages, max_pages), width=40)
-            return Group(grid, bar)
-        return grid
-
-
-def print_summary(
-    stats: Statistics,
-    *,
-    file: TextIO,
-    outputs: Sequence[tuple[str, str]] = (),
-    stopped_by: str | None = None,
-) -> None:
-    """The end-of-crawl summary table (printed even when stderr is not a terminal)."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(file=file, highlight=False, soft_wrap=False)
-    table = Table(title="crawl summary", show_header=False, title_justify="left", box=box.ROUNDED)
-    table.add_column("what", style="bold")
-    table.add_column("value", overflow="fold")
-    ok = stats.pages - stats.errors
-    table.add_row("pages", f"{stats.pages:,} ({ok:,} ok, {stats.errors:,} with errors)")
-    if stats.errors_by_kind:
-        kinds = sorted(stats.errors_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
-        table.add_row("errors by kind", ", ".join(f"{kind} {n:,}" for kind, n in kinds))
-    else:
-        table.add_row("errors by kind", "none")
-    table.add_row("bytes", f"{_human_bytes(stats.bytes)} ({stats.bytes:,})")
-    table.add_row("pages/s", f"{stats.pages_per_second:,.1f}")
-    table.add_row("elapsed", _human_seconds(stats.elapsed))
-    table.add_row("seen URLs", f"{stats.seen:,}")
-    if stats.disallowed:
-        table.add_row("robots.txt disallowed", f"{stats.disallowed:,}")
-    dropped = {k: v for k, v in stats.dropped.items() if v}
-    if dropped:
-        table.add_row("links dropped", ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())))
-    if stats.queued or stats.in_flight:
-        table.add_row("left undone", f"{stats.queued:,} queued, {stats.in_flight:,} in flight")
-    for label, value in outputs:
-        table.add_row(label, value)
-    if stopped_by is not None:
-        table.add_row("stopped by", stopped_by)
-    console.print(table)
-
-    if stats.hosts:
-        top = sorted(stats.hosts.values(), key=lambda h: (-(h.done + h.errors), h.origin))
-        hosts = Table(
-            title=f"top hosts ({len(stats.hosts):,} in all)", title_justify="left", box=box.ROUNDED
-        )
-        hosts.add_column("host", overflow="fold")
-        hosts.add_column("pages", justify="right")
-        hosts.add_column("errors", justify="right")
-        hosts.add_column("bytes", justify="right")
-        hosts.add_column("rate now (req/s)", justify="right")
-        for host in top[:TOP_HOSTS]:
-            hosts.add_row(
-                host.origin,
-                f"{host.done + host.errors:,}",
-                f"{host.errors:,}",
-                _human_bytes(host.bytes),
-                f"{host.rate:g}" if host.rate > 0 else "unlimited",
-            )
-        console.print(hosts)
-
-
-# ---------------------------------------------------------------------------
 # Running
 
 
@@ -839,7 +619,7 @@ class _Run:
                                 crawl.stop(graceful=False)
                                 return
                             if self._wants_progress():
-                                nursery.start_soon(self._show_progress, crawl)
+                                nursery.start_soon(show_progress, crawl, self.config, sys.stderr)
                             try:
                                 await self._consume(crawl, jsonl, warc)
                             finally:
@@ -960,7 +740,7 @@ class _Run:
                     outputs[warc_name] = warc.position
                 crawl.mark_done(page, outputs=outputs)
             if verbose:
-                _log_page(page)
+                log_page(page)
 
     async def _watch_signals(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
         async for signum in signals:
@@ -1019,23 +799,6 @@ class _Run:
         if self.watchdog is not None:
             self.watchdog.cancel()
 
-    async def _show_progress(self, crawl: Crawl) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        progress = _Progress(self.config)
-        console = Console(file=sys.stderr)
-        with Live(
-            progress.render(crawl.statistics()),
-            console=console,
-            auto_refresh=False,
-            transient=True,
-            redirect_stdout=False,
-        ) as live:
-            while True:
-                await trio.sleep(PROGRESS_INTERVAL)
-                live.update(progress.render(crawl.statistics()), refresh=True)
-
 
 def _output_names(options: Options) -> dict[str, str]:
     """The output files of a run, as a state records them: role -> "role:/absolute/path"."""
@@ -1086,106 +849,9 @@ def _print_status(directory: Path, file: TextIO) -> int:
     if snapshot is None:
         print(f"{PROG}: error: no crawl state in {directory}", file=sys.stderr)
         return EXIT_USAGE
-    totals = snapshot.totals
-    queued = snapshot.queued
-    if holder is not None:
-        status = f"running (pid {holder})"
-    elif queued:
-        status = f"stopped, {queued:,} URLs to go (run the same crawl command to resume)"
-    elif totals.pages:
-        status = "complete"
-    else:
-        status = "not started"
-    fp = snapshot.fingerprint or {}
-    lines = [
-        f"state: {directory}",
-        f"status: {status}",
-        f"seeds: {' '.join(fp.get('seeds', []))}",
-    ]
-    scope = [f"scope {fp.get('scope', '?')}"]
-    for key in ("include", "exclude"):
-        if fp.get(key):
-            scope.append(f"{key} {' '.join(fp[key])}")
-    if fp.get("max_depth") is not None:
-        scope.append(f"max_depth {fp['max_depth']}")
-    ok = totals.pages - totals.errors
-    lines += [
-        f"crawl: {', '.join(scope)}",
-        f"runs: {totals.runs:,}",
-        f"pages done: {totals.pages:,} ({ok:,} ok, {totals.errors:,} with errors)",
-        f"queued: {queued:,}",
-        f"seen URLs: {snapshot.seen:,}",
-    ]
-    if totals.errors_by_kind:
-        kinds = sorted(totals.errors_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
-        lines.append("errors by kind: " + ", ".join(f"{k} {n:,}" for k, n in kinds))
-    else:
-        lines.append("errors by kind: none")
-    lines += [
-        f"robots.txt disallowed: {totals.disallowed:,}",
-        f"redirects: {totals.redirects:,}",
-        f"bytes: {_human_bytes(totals.bytes)} ({totals.bytes:,})",
-        f"elapsed: {_human_seconds(totals.elapsed)}",
-    ]
-    for name, offset in sorted(snapshot.outputs.items()):
-        role, _, path = name.partition(":")
-        lines.append(f"output {role}: {path} ({offset:,} bytes committed)")
-    lines.append(f"hosts: {len(snapshot.hosts):,}")
-    if snapshot.hosts:
-        now = time.time()
-        rows = [("origin", "done", "errors", "queued", "bytes", "politeness")]
-        for host in sorted(snapshot.hosts, key=lambda h: (-(h.done + h.errors), h.origin)):
-            notes = []
-            if host.paused_until > now:
-                notes.append(f"Retry-After pause {host.paused_until - now:.0f} s")
-            if host.backoff:
-                notes.append(f"backoff {host.backoff:g} s")
-            if host.disallowed:
-                notes.append(f"{host.disallowed:,} disallowed")
-            rows.append(
-                (
-                    host.origin,
-                    f"{host.done:,}",
-                    f"{host.errors:,}",
-                    f"{host.queued:,}",
-                    _human_bytes(host.bytes),
-                    "; ".join(notes) or "-",
-                )
-            )
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        for row in rows:
-            numbers = zip(row[1:5], widths[1:], strict=True)
-            cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in numbers]
-            lines.append("  " + "  ".join([*cells, row[5]]).rstrip())
-    file.write("\n".join(lines) + "\n")
+    file.write(format_state_status(directory, snapshot, holder))
     file.flush()
     return EXIT_OK
-
-
-def _log_page(page: Page) -> None:
-    if page.error is None:
-        log.info(
-            "page",
-            extra={
-                "url": page.url,
-                "status": page.status,
-                "depth": page.depth,
-                "bytes": len(page.body),
-                "links": len(page.links),
-                "elapsed": round(page.elapsed, 4),
-            },
-        )
-    else:
-        log.warning(
-            "page failed",
-            extra={
-                "url": page.url,
-                "status": page.status,
-                "depth": page.depth,
-                "kind": str(page.error.kind),
-                "error": page.error.message,
-            },
-        )
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -1250,7 +916,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _setup_logging(options)
+    setup_logging(options.verbose, options.log_format)
     if not options.config.verify_tls:
         print(
             f"{PROG}: warning: TLS certificates are not verified (--insecure): "
@@ -1289,9 +955,8 @@ def _main(argv: Sequence[str] | None) -> int:
 
 async def _print_shared_status(redis_url: str, crawl_id: str) -> int:
     from ._distributed import shared_status
-    from ._redis import format_status
 
-    print(format_status(await shared_status(redis_url, crawl_id)))
+    print(format_shared_status(await shared_status(redis_url, crawl_id)))
     return 0
 
 
