@@ -18,19 +18,17 @@ import dataclasses
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
-import tomllib
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TextIO
 
 import trio
 
-from ._config import CrawlConfig, MiB
+from ._config import OPTION_FLAGS, OPTIONS, ConfigError, CrawlConfig, NoSeeds, read_config_file
 from ._engine import Crawl, open_crawl
 from ._logs import log_page, setup_logging
 from ._output import JsonLinesWriter, OutputError, WarcWriter
@@ -61,14 +59,6 @@ STOP_NOW_LIMIT = 2.0
 abandoning it (a healthy one takes milliseconds)."""
 FORCE_EXIT_AFTER = 4.0
 """Seconds after a stop-now before the process exits whatever blocks it (os._exit)."""
-
-_FIELDS = {f.name: f for f in dataclasses.fields(CrawlConfig)}
-_DEFAULTS: dict[str, Any] = {
-    name: f.default for name, f in _FIELDS.items() if f.default is not dataclasses.MISSING
-}
-_BOOL_FIELDS = tuple(name for name, value in _DEFAULTS.items() if isinstance(value, bool))
-_NOT_IN_FILES = ("should_follow",)
-"""CrawlConfig fields a config file cannot set (hooks are Python callables)."""
 
 log = logging.getLogger("crawler.cli")
 
@@ -113,6 +103,16 @@ def _number(text: str) -> float:
     return value
 
 
+_TYPES: dict[str, Callable[[str], Any]] = {
+    "int": _integer,
+    "number": _number,
+    "path": Path,
+    "dir": Path,
+}
+_WHAT = "what to crawl"
+_POLITE = "politeness and limits"
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
@@ -120,18 +120,6 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
-
-
-def _show(name: str) -> str:
-    """A CrawlConfig default as --help shows it."""
-    value = _DEFAULTS[name]
-    if value is None:
-        return "no limit"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if name == "max_bytes" and isinstance(value, int) and value % MiB == 0:
-        return f"{value} = {value // MiB} MiB"
-    return str(value)
 
 
 _EPILOG = f"""\
@@ -183,135 +171,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "default: none)",
     )
 
-    scope = p.add_argument_group("what to crawl")
-    scope.add_argument(
-        "--max-pages",
-        metavar="N",
-        type=_integer,
-        help=f"stop after N pages (default: {_show('max_pages')})",
-    )
-    scope.add_argument(
-        "--max-depth",
-        metavar="N",
-        type=_integer,
-        help=f"follow links at most N hops from a seed (default: {_show('max_depth')})",
-    )
-    scope.add_argument(
-        "--scope",
-        choices=("host", "domain", "any"),
-        help="follow links to the seed's host, its registrable domain, or anywhere "
-        f"(default: {_show('scope')})",
-    )
-    scope.add_argument(
-        "--include",
-        metavar="REGEX",
-        action="append",
-        help="only follow URLs matching REGEX (repeatable; default: all)",
-    )
-    scope.add_argument(
-        "--exclude",
-        metavar="REGEX",
-        action="append",
-        help="never follow URLs matching REGEX (repeatable; default: none)",
-    )
-    scope.add_argument(
-        "--ignore-robots",
-        dest="obey_robots",
-        action="store_const",
-        const=False,
-        help="do not fetch or obey robots.txt (default: robots.txt obeyed)",
-    )
-    scope.add_argument(
-        "--sitemaps",
-        action="store_const",
-        const=True,
-        help="also seed from the sitemaps robots.txt lists (default: off)",
-    )
-
-    polite = p.add_argument_group("politeness and limits")
-    polite.add_argument(
-        "--concurrency",
-        metavar="N",
-        type=_integer,
-        help=f"global cap on requests in flight (default: {_show('concurrency')})",
-    )
-    polite.add_argument(
-        "--per-host",
-        metavar="N",
-        type=_integer,
-        help=f"cap on requests in flight per host (default: {_show('per_host')})",
-    )
-    polite.add_argument(
-        "--rate",
-        metavar="R",
-        type=_number,
-        help=f"requests per second per host, 0 = unlimited (default: {_show('rate')})",
-    )
-    polite.add_argument(
-        "--burst",
-        metavar="B",
-        type=_integer,
-        help=f"requests a host may get back to back (default: {_show('burst')})",
-    )
-    polite.add_argument(
-        "--user-agent", metavar="UA", help=f"User-Agent header (default: {_show('user_agent')})"
-    )
-    polite.add_argument(
-        "--retries",
-        metavar="N",
-        type=_integer,
-        help=f"retries after a timeout, reset or 5xx/429 (default: {_show('retries')})",
-    )
-    polite.add_argument(
-        "--max-bytes",
-        metavar="N",
-        type=_integer,
-        help=f"cut bodies at N bytes (default: {_show('max_bytes')})",
-    )
-    polite.add_argument(
-        "--max-time",
-        metavar="SECONDS",
-        type=_number,
-        help="stop gracefully after this long (default: no limit)",
-    )
-    polite.add_argument(
-        "--block-private",
-        action="store_true",
-        default=None,
-        help="refuse to connect to loopback, private and link-local addresses (after DNS), "
-        "except the seeds' own hosts (default: off)",
-    )
-    polite.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=_number,
-        help="total deadline for one request, connect and read included "
-        f"(default: {_show('timeout')})",
-    )
-    tls = p.add_argument_group("TLS")
-    tls.add_argument(
-        "--ca-bundle",
-        metavar="PATH",
-        type=Path,
-        help="verify TLS with the CA certificates in PATH (PEM file or directory) instead of "
-        "certifi's, SSL_CERT_FILE's or SSL_CERT_DIR's (default: certifi, or those if set)",
-    )
-    tls.add_argument(
-        "--insecure",
-        dest="verify_tls",
-        action="store_const",
-        const=False,
-        help="do not verify TLS certificates (like curl -k; default: verified)",
-    )
+    for group in (_WHAT, _POLITE, "TLS"):
+        _add_options(p.add_argument_group(group), group)
 
     run = p.add_argument_group("running")
-    run.add_argument(
-        "--state",
-        metavar="DIR",
-        type=Path,
-        help="keep the crawl's state (frontier, seen URLs, politeness, statistics) in DIR; "
-        "the same command run again resumes it (default: none)",
-    )
+    _add_options(run, "running")
     run.add_argument(
         "--state-reset",
         action="store_true",
@@ -374,29 +238,21 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Flags whose value goes straight to the CrawlConfig field of the same name.
-_CONFIG_FLAGS: dict[str, str] = {
-    "max_pages": "--max-pages",
-    "max_depth": "--max-depth",
-    "scope": "--scope",
-    "include": "--include",
-    "exclude": "--exclude",
-    "obey_robots": "--ignore-robots",
-    "sitemaps": "--sitemaps",
-    "concurrency": "--concurrency",
-    "per_host": "--per-host",
-    "rate": "--rate",
-    "burst": "--burst",
-    "user_agent": "--user-agent",
-    "retries": "--retries",
-    "max_bytes": "--max-bytes",
-    "timeout": "--timeout",
-    "max_time": "--max-time",
-    "block_private": "--block-private",
-    "ca_bundle": "--ca-bundle",
-    "verify_tls": "--insecure",
-    "state": "--state",
-}
+def _add_options(group: argparse._ArgumentGroup, name: str) -> None:
+    """The flags of the CrawlConfig settings in this help group (see _config.OPTIONS)."""
+    for option in OPTIONS:
+        if option.group != name:
+            continue
+        how: dict[str, Any] = {"dest": option.name, "help": option.full_help}
+        if option.kind in ("on", "off"):
+            how.update(action="store_const", const=option.kind == "on")
+        elif option.kind == "choice":
+            how.update(choices=option.choices)
+        else:
+            how.update(metavar=option.metavar, type=_TYPES.get(option.kind))
+            if option.kind == "regexes":
+                how.update(action="append")
+        group.add_argument(option.flag, **how)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -418,42 +274,6 @@ class Options:
     results: Literal["local", "redis"] = "local"
 
 
-def _load_config_file(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: invalid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(_FIELDS))
-    if unknown:
-        raise UsageError(f"{path}: unknown setting(s): {', '.join(unknown)}")
-    for name in _NOT_IN_FILES:
-        if name in data:
-            raise UsageError(f"{path}: {name} cannot be set in a config file")
-    for name in _BOOL_FIELDS:
-        if name in data and not isinstance(data[name], bool):
-            raise UsageError(f"{path}: {name} must be true or false, got {data[name]!r}")
-    if "state" in data and not isinstance(data["state"], str):
-        raise UsageError(f"{path}: state must be a directory path, got {data['state']!r}")
-    if "ca_bundle" in data and not isinstance(data["ca_bundle"], str):
-        raise UsageError(f"{path}: ca_bundle must be a path, got {data['ca_bundle']!r}")
-    return data
-
-
-def _relabel(message: str, origins: Mapping[str, str], config_file: str | None) -> str:
-    """Name where a bad value came from: the flag, or the config file."""
-    match = re.match(r"(\w+)", message)
-    name = match.group(1) if match else ""
-    origin = origins.get(name)
-    if origin is not None and origin != "file":
-        return origin + message[len(name) :]
-    if config_file is not None and (origin == "file" or name not in _FIELDS):
-        return f"{config_file}: {message}"
-    return message
-
-
 def parse_args(argv: Sequence[str] | None = None) -> Options:
     """Parse a command line into Options; raise UsageError with a one-line message."""
     return _options(_build_parser().parse_args(argv))
@@ -462,37 +282,31 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
 def _options(args: argparse.Namespace) -> Options:
     if args.state_reset and args.state is None:
         raise UsageError("--state-reset needs --state DIR")
-    data: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    if args.config is not None:
-        data = _load_config_file(args.config)
-        origins = dict.fromkeys(data, "file")
-    for name, flag in _CONFIG_FLAGS.items():
-        value = getattr(args, name)
-        if value is not None:
-            data[name] = tuple(value) if isinstance(value, list) else value
-            origins[name] = flag
+    overrides: dict[str, Any] = {name: getattr(args, name) for name in OPTION_FLAGS}
     if args.seeds:
-        data["seeds"] = tuple(args.seeds)
-        origins["seeds"] = "SEED"
+        overrides["seeds"] = tuple(args.seeds)
     if args.warc is not None:
-        data["keep_exchanges"] = True
+        overrides["keep_exchanges"] = True
     if args.redis is not None:
         if args.crawl_id is None:
             raise UsageError("--redis needs --crawl-id NAME")
-        if data.get("state") is not None:
-            raise UsageError("--redis and --state do not go together: the state is in Redis")
-        if not data.get("seeds"):
-            data["seeds"], data["stay_open"] = (), True  # join the crawl others seeded
     elif args.crawl_id is not None:
         raise UsageError("--crawl-id needs --redis URL")
-    if not data.get("seeds") and not data.get("stay_open"):
-        where = f" or seeds = [...] in {args.config}" if args.config else ""
-        raise UsageError(f"no seed URL given (pass SEED arguments{where})")
+    labels = {"seeds": "SEED"}
     try:
-        config = CrawlConfig.from_mapping(data)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(_relabel(str(exc), origins, args.config)) from None
+        try:
+            config = CrawlConfig.from_toml(args.config, labels=labels, **overrides)
+        except NoSeeds:
+            if args.redis is None:
+                where = f" or seeds = [...] in {args.config}" if args.config else ""
+                raise UsageError(f"no seed URL given (pass SEED arguments{where})") from None
+            # A worker may join the crawl that others seeded.
+            overrides.update(seeds=(), stay_open=True)
+            config = CrawlConfig.from_toml(args.config, labels=labels, **overrides)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if args.redis is not None and config.state is not None:
+        raise UsageError("--redis and --state do not go together: the state is in Redis")
     return Options(
         config=config,
         output=args.output,
@@ -508,6 +322,14 @@ def _options(args: argparse.Namespace) -> Options:
         results=args.results,
         metrics=args.metrics,
     )
+
+
+def _config_file_state(path: str) -> str | None:
+    try:
+        state = read_config_file(path).get("state")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return state if isinstance(state, str) else None
 
 
 def build_config(argv: Sequence[str] | None = None) -> CrawlConfig:
@@ -908,7 +730,7 @@ def _main(argv: Sequence[str] | None) -> int:
         if args.status:
             state = args.state
             if state is None and args.config is not None:
-                state = _load_config_file(args.config).get("state")
+                state = _config_file_state(args.config)
             if state is None:
                 raise UsageError("--status needs --state DIR")
             return _print_status(Path(state), sys.stdout)
