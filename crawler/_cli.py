@@ -33,6 +33,7 @@ from ._engine import Crawl, open_crawl
 from ._logs import log_page, setup_logging
 from ._output import JsonLinesWriter, OutputError, WarcWriter
 from ._page import Statistics
+from ._redis import DEFAULT_LEASE, check_crawl_id, check_worker_id
 from ._report import format_shared_status, format_state_status, print_summary, show_progress
 from ._shield import hurry, threads_running
 from ._state import (
@@ -184,7 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--status",
         action="store_true",
-        help="with --state: print the stored crawl's progress and exit, crawling nothing",
+        help="with --state (or --redis): print the crawl's progress and exit, crawling nothing",
     )
     run.add_argument(
         "--metrics",
@@ -212,6 +213,19 @@ def _build_parser() -> argparse.ArgumentParser:
         default="local",
         help="local: this worker's own -o/--warc files (out.w-ID.jsonl); redis: append pages "
         "to the crawl's Redis Stream (default: local)",
+    )
+    shared.add_argument(
+        "--lease",
+        metavar="SECONDS",
+        type=_number,
+        help="how long a request this worker claims stays its own without renewal: a worker "
+        f"that dies gives its requests back after this long (default: {DEFAULT_LEASE:g})",
+    )
+    shared.add_argument(
+        "--reset",
+        action="store_true",
+        help="delete every key of the shared crawl in Redis (frontier, seen URLs, statistics, "
+        "results stream) and exit, crawling nothing; stop its workers first",
     )
     run.add_argument(
         "--config",
@@ -272,6 +286,7 @@ class Options:
     crawl_id: str | None = None
     worker_id: str | None = None
     results: Literal["local", "redis"] = "local"
+    lease: float = DEFAULT_LEASE
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -279,19 +294,38 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     return _options(_build_parser().parse_args(argv))
 
 
+def _check_shared_flags(args: argparse.Namespace) -> None:
+    """The flags of a shared crawl need --redis, and name it well."""
+    if args.redis is None:
+        for flag, given in (
+            ("--crawl-id", args.crawl_id is not None),
+            ("--lease", args.lease is not None),
+            ("--reset", args.reset),
+        ):
+            if given:
+                raise UsageError(f"{flag} needs --redis URL")
+        return
+    if args.crawl_id is None:
+        raise UsageError("--redis needs --crawl-id NAME")
+    try:
+        check_crawl_id(args.crawl_id)
+        if args.worker_id is not None:
+            check_worker_id(args.worker_id)
+    except ValueError as exc:
+        raise UsageError("--" + str(exc).replace("_", "-", 1)) from None
+    if args.lease is not None and args.lease <= 0:
+        raise UsageError(f"--lease must be > 0, got {args.lease:g}")
+
+
 def _options(args: argparse.Namespace) -> Options:
     if args.state_reset and args.state is None:
         raise UsageError("--state-reset needs --state DIR")
+    _check_shared_flags(args)
     overrides: dict[str, Any] = {name: getattr(args, name) for name in OPTION_FLAGS}
     if args.seeds:
         overrides["seeds"] = tuple(args.seeds)
     if args.warc is not None:
         overrides["keep_exchanges"] = True
-    if args.redis is not None:
-        if args.crawl_id is None:
-            raise UsageError("--redis needs --crawl-id NAME")
-    elif args.crawl_id is not None:
-        raise UsageError("--crawl-id needs --redis URL")
     labels = {"seeds": "SEED"}
     try:
         try:
@@ -321,6 +355,7 @@ def _options(args: argparse.Namespace) -> Options:
         worker_id=args.worker_id,
         results=args.results,
         metrics=args.metrics,
+        lease=args.lease if args.lease is not None else DEFAULT_LEASE,
     )
 
 
@@ -723,10 +758,13 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _build_parser().parse_args(argv)
-        if args.status and args.redis is not None:
-            if args.crawl_id is None:
-                raise UsageError("--redis needs --crawl-id NAME")
-            return trio.run(_print_shared_status, args.redis, args.crawl_id)
+        _check_shared_flags(args)
+        if args.redis is not None and (args.status or args.reset):
+            if args.reset and args.status:
+                raise UsageError("--reset and --status do not go together")
+            if args.reset and args.seeds:
+                raise UsageError("--reset deletes the shared crawl and exits: it takes no SEED")
+            return _shared_command(args.redis, args.crawl_id, reset=args.reset)
         if args.status:
             state = args.state
             if state is None and args.config is not None:
@@ -775,11 +813,39 @@ def _main(argv: Sequence[str] | None) -> int:
     return code
 
 
-async def _print_shared_status(redis_url: str, crawl_id: str) -> int:
+def _shared_command(redis_url: str, crawl_id: str, *, reset: bool) -> int:
+    """--status or --reset of a shared crawl."""
+    from ._redis import SharedCrawlError
+
+    unreachable: tuple[type[Exception], ...] = (OSError,)
+    with contextlib.suppress(ImportError):  # without coredis, open_redis says what to install
+        from coredis.exceptions import RedisError
+
+        unreachable = (OSError, RedisError)
+    try:
+        text = trio.run(_reset_shared if reset else _shared_status, redis_url, crawl_id)
+    except SharedCrawlError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except unreachable as exc:
+        print(f"{PROG}: error: Redis at {redis_url}: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(text)
+    return EXIT_OK
+
+
+async def _shared_status(redis_url: str, crawl_id: str) -> str:
     from ._distributed import shared_status
 
-    print(format_shared_status(await shared_status(redis_url, crawl_id)))
-    return 0
+    return format_shared_status(await shared_status(redis_url, crawl_id))
+
+
+async def _reset_shared(redis_url: str, crawl_id: str) -> str:
+    from ._redis import RedisFrontier, open_redis
+
+    async with open_redis(redis_url) as client:
+        deleted = await RedisFrontier(client, crawl_id, worker_id="reset").delete()
+    return f"crawl {crawl_id}: deleted {deleted} keys"
 
 
 def _run_shared(options: Options) -> int:
@@ -802,6 +868,7 @@ def _run_shared(options: Options) -> int:
                 else options.output,
                 warc=options.warc,
                 results=options.results,
+                lease=options.lease,
                 stay_open=False,
                 stop_on_signals=True,
             )

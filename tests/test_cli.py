@@ -18,7 +18,7 @@ from typing import IO, Any
 import pytest
 import trio
 
-from crawler._cli import build_config, main
+from crawler._cli import build_config, main, parse_args
 from crawler._config import (
     DEFAULT_USER_AGENT,
     OPTIONS,
@@ -211,6 +211,17 @@ def test_every_option_in_the_table_is_a_flag_with_its_help() -> None:
     assert {o.name for o in OPTIONS} <= {f.name for f in dataclasses.fields(CrawlConfig)}
 
 
+SHARED = ["--redis", "redis://127.0.0.1:9/0", "--crawl-id", "c"]
+"""A shared crawl's flags (nothing listens on port 9: usage errors come first)."""
+
+
+def test_shared_crawl_flags() -> None:
+    assert parse_args([*SHARED, "--lease", "2.5"]).lease == 2.5
+    options = parse_args(SHARED)
+    assert options.lease == 30.0 and options.redis == SHARED[1] and options.crawl_id == "c"
+    assert options.config.seeds == () and options.config.stay_open  # joins others' crawl
+
+
 USAGE_ERRORS: list[tuple[list[str], str | None, tuple[str, ...]]] = [
     (["not a url"], None, ("SEED", "'not a url'", "not an absolute http(s) URL")),
     (["ftp://example.com/"], None, ("ftp://example.com/",)),
@@ -231,6 +242,15 @@ USAGE_ERRORS: list[tuple[list[str], str | None, tuple[str, ...]]] = [
     (["http://e.com/"], "[hosts.'a.com']\nrate = -2\n", ("crawl.toml", "hosts.a.com.rate")),
     (["http://e.com/"], "should_follow = 'x'\n", ("crawl.toml", "should_follow")),
     ([], "rate = 2\n", ("no seed URL", "seeds = [...]")),
+    # Shared crawls: these fail before any connection to Redis.
+    (["--reset"], None, ("--reset needs --redis URL",)),
+    (["http://e.com/", "--lease", "5"], None, ("--lease needs --redis URL",)),
+    ([*SHARED, "--lease", "0"], None, ("--lease must be > 0, got 0",)),
+    ([*SHARED, "--lease", "soon"], None, ("--lease", "'soon'")),
+    ([*SHARED, "--reset", "--status"], None, ("--reset and --status do not go together",)),
+    ([*SHARED, "--reset", "http://e.com/"], None, ("--reset", "takes no SEED")),
+    (["--redis", "redis://127.0.0.1:9/0", "--reset"], None, ("--redis needs --crawl-id",)),
+    (["--redis", "redis://127.0.0.1:9/0", "--crawl-id", "a b"], None, ("--crawl-id must be",)),
 ]
 
 
