@@ -8,6 +8,12 @@ usage error, 130 / 143 when stopped by SIGINT / SIGTERM.
 With ``--state DIR`` the crawl is durable (see ``crawler._state``): running the
 same command again continues it, after cutting the outputs back to what the
 state committed; ``--status`` reports on it without crawling.
+
+With ``--redis URL --crawl-id NAME`` the command is one worker of a crawl shared
+through Redis (``crawler._distributed``); ``--status`` and ``--reset`` act on that crawl.
+
+Config files are read in ``crawler._config``, what is shown (progress, summary,
+``--status``) is written in ``crawler._report``, ``-v`` log lines in ``crawler._logs``.
 """
 
 from __future__ import annotations
@@ -295,7 +301,7 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
 
 
 def _check_shared_flags(args: argparse.Namespace) -> None:
-    """The flags of a shared crawl need --redis, and name it well."""
+    """A shared crawl's flags: only with --redis, and names Redis keys can carry."""
     if args.redis is None:
         for flag, given in (
             ("--crawl-id", args.crawl_id is not None),
