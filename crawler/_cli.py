@@ -8,6 +8,12 @@ usage error, 130 / 143 when stopped by SIGINT / SIGTERM.
 With ``--state DIR`` the crawl is durable (see ``crawler._state``): running the
 same command again continues it, after cutting the outputs back to what the
 state committed; ``--status`` reports on it without crawling.
+
+With ``--redis URL --crawl-id NAME`` the command is one worker of a crawl shared
+through Redis (``crawler._distributed``); ``--status`` and ``--reset`` act on that crawl.
+
+Config files are read in ``crawler._config``, what is shown (progress, summary,
+``--status``) is written in ``crawler._report``, ``-v`` log lines in ``crawler._logs``.
 """
 
 from __future__ import annotations
@@ -15,30 +21,26 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import datetime as dt
-import json
 import logging
 import math
 import os
-import re
 import signal
 import sys
 import threading
-import time
-import tomllib
-from collections import deque
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TextIO
 
-import httpx
 import trio
 
-from ._config import CrawlConfig, MiB
+from ._config import OPTION_FLAGS, OPTIONS, ConfigError, CrawlConfig, NoSeeds, read_config_file
 from ._engine import Crawl, open_crawl
+from ._logs import log_page, setup_logging
 from ._output import JsonLinesWriter, OutputError, WarcWriter
-from ._page import Page, Statistics
+from ._page import Statistics
+from ._redis import DEFAULT_LEASE, check_crawl_id, check_worker_id
+from ._report import format_shared_status, format_state_status, print_summary, show_progress
 from ._shield import hurry, threads_running
 from ._state import (
     Snapshot,
@@ -64,17 +66,6 @@ STOP_NOW_LIMIT = 2.0
 abandoning it (a healthy one takes milliseconds)."""
 FORCE_EXIT_AFTER = 4.0
 """Seconds after a stop-now before the process exits whatever blocks it (os._exit)."""
-PROGRESS_INTERVAL = 0.25
-RATE_WINDOW = 5.0
-TOP_HOSTS = 5
-
-_FIELDS = {f.name: f for f in dataclasses.fields(CrawlConfig)}
-_DEFAULTS: dict[str, Any] = {
-    name: f.default for name, f in _FIELDS.items() if f.default is not dataclasses.MISSING
-}
-_BOOL_FIELDS = tuple(name for name, value in _DEFAULTS.items() if isinstance(value, bool))
-_NOT_IN_FILES = ("should_follow",)
-"""CrawlConfig fields a config file cannot set (hooks are Python callables)."""
 
 log = logging.getLogger("crawler.cli")
 
@@ -119,6 +110,16 @@ def _number(text: str) -> float:
     return value
 
 
+_TYPES: dict[str, Callable[[str], Any]] = {
+    "int": _integer,
+    "number": _number,
+    "path": Path,
+    "dir": Path,
+}
+_WHAT = "what to crawl"
+_POLITE = "politeness and limits"
+
+
 def _host_port(text: str) -> tuple[str, int]:
     host, sep, port = text.rpartition(":")
     if host.startswith("[") and host.endswith("]"):
@@ -126,18 +127,6 @@ def _host_port(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or int(port) > 65535:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {text!r}")
     return host, int(port)
-
-
-def _show(name: str) -> str:
-    """A CrawlConfig default as --help shows it."""
-    value = _DEFAULTS[name]
-    if value is None:
-        return "no limit"
-    if isinstance(value, float):
-        return f"{value:g}"
-    if name == "max_bytes" and isinstance(value, int) and value % MiB == 0:
-        return f"{value} = {value // MiB} MiB"
-    return str(value)
 
 
 _EPILOG = f"""\
@@ -189,135 +178,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "default: none)",
     )
 
-    scope = p.add_argument_group("what to crawl")
-    scope.add_argument(
-        "--max-pages",
-        metavar="N",
-        type=_integer,
-        help=f"stop after N pages (default: {_show('max_pages')})",
-    )
-    scope.add_argument(
-        "--max-depth",
-        metavar="N",
-        type=_integer,
-        help=f"follow links at most N hops from a seed (default: {_show('max_depth')})",
-    )
-    scope.add_argument(
-        "--scope",
-        choices=("host", "domain", "any"),
-        help="follow links to the seed's host, its registrable domain, or anywhere "
-        f"(default: {_show('scope')})",
-    )
-    scope.add_argument(
-        "--include",
-        metavar="REGEX",
-        action="append",
-        help="only follow URLs matching REGEX (repeatable; default: all)",
-    )
-    scope.add_argument(
-        "--exclude",
-        metavar="REGEX",
-        action="append",
-        help="never follow URLs matching REGEX (repeatable; default: none)",
-    )
-    scope.add_argument(
-        "--ignore-robots",
-        dest="obey_robots",
-        action="store_const",
-        const=False,
-        help="do not fetch or obey robots.txt (default: robots.txt obeyed)",
-    )
-    scope.add_argument(
-        "--sitemaps",
-        action="store_const",
-        const=True,
-        help="also seed from the sitemaps robots.txt lists (default: off)",
-    )
-
-    polite = p.add_argument_group("politeness and limits")
-    polite.add_argument(
-        "--concurrency",
-        metavar="N",
-        type=_integer,
-        help=f"global cap on requests in flight (default: {_show('concurrency')})",
-    )
-    polite.add_argument(
-        "--per-host",
-        metavar="N",
-        type=_integer,
-        help=f"cap on requests in flight per host (default: {_show('per_host')})",
-    )
-    polite.add_argument(
-        "--rate",
-        metavar="R",
-        type=_number,
-        help=f"requests per second per host, 0 = unlimited (default: {_show('rate')})",
-    )
-    polite.add_argument(
-        "--burst",
-        metavar="B",
-        type=_integer,
-        help=f"requests a host may get back to back (default: {_show('burst')})",
-    )
-    polite.add_argument(
-        "--user-agent", metavar="UA", help=f"User-Agent header (default: {_show('user_agent')})"
-    )
-    polite.add_argument(
-        "--retries",
-        metavar="N",
-        type=_integer,
-        help=f"retries after a timeout, reset or 5xx/429 (default: {_show('retries')})",
-    )
-    polite.add_argument(
-        "--max-bytes",
-        metavar="N",
-        type=_integer,
-        help=f"cut bodies at N bytes (default: {_show('max_bytes')})",
-    )
-    polite.add_argument(
-        "--max-time",
-        metavar="SECONDS",
-        type=_number,
-        help="stop gracefully after this long (default: no limit)",
-    )
-    polite.add_argument(
-        "--block-private",
-        action="store_true",
-        default=None,
-        help="refuse to connect to loopback, private and link-local addresses (after DNS), "
-        "except the seeds' own hosts (default: off)",
-    )
-    polite.add_argument(
-        "--timeout",
-        metavar="SECONDS",
-        type=_number,
-        help="total deadline for one request, connect and read included "
-        f"(default: {_show('timeout')})",
-    )
-    tls = p.add_argument_group("TLS")
-    tls.add_argument(
-        "--ca-bundle",
-        metavar="PATH",
-        type=Path,
-        help="verify TLS with the CA certificates in PATH (PEM file or directory) instead of "
-        "certifi's, SSL_CERT_FILE's or SSL_CERT_DIR's (default: certifi, or those if set)",
-    )
-    tls.add_argument(
-        "--insecure",
-        dest="verify_tls",
-        action="store_const",
-        const=False,
-        help="do not verify TLS certificates (like curl -k; default: verified)",
-    )
+    for group in (_WHAT, _POLITE, "TLS"):
+        _add_options(p.add_argument_group(group), group)
 
     run = p.add_argument_group("running")
-    run.add_argument(
-        "--state",
-        metavar="DIR",
-        type=Path,
-        help="keep the crawl's state (frontier, seen URLs, politeness, statistics) in DIR; "
-        "the same command run again resumes it (default: none)",
-    )
+    _add_options(run, "running")
     run.add_argument(
         "--state-reset",
         action="store_true",
@@ -326,7 +191,7 @@ def _build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--status",
         action="store_true",
-        help="with --state: print the stored crawl's progress and exit, crawling nothing",
+        help="with --state (or --redis): print the crawl's progress and exit, crawling nothing",
     )
     run.add_argument(
         "--metrics",
@@ -355,6 +220,19 @@ def _build_parser() -> argparse.ArgumentParser:
         help="local: this worker's own -o/--warc files (out.w-ID.jsonl); redis: append pages "
         "to the crawl's Redis Stream (default: local)",
     )
+    shared.add_argument(
+        "--lease",
+        metavar="SECONDS",
+        type=_number,
+        help="how long a request this worker claims stays its own without renewal: a worker "
+        f"that dies gives its requests back after this long (default: {DEFAULT_LEASE:g})",
+    )
+    shared.add_argument(
+        "--reset",
+        action="store_true",
+        help="delete every key of the shared crawl in Redis (frontier, seen URLs, statistics, "
+        "results stream) and exit, crawling nothing; stop its workers first",
+    )
     run.add_argument(
         "--config",
         metavar="FILE.toml",
@@ -380,29 +258,21 @@ def _build_parser() -> argparse.ArgumentParser:
     return p
 
 
-# Flags whose value goes straight to the CrawlConfig field of the same name.
-_CONFIG_FLAGS: dict[str, str] = {
-    "max_pages": "--max-pages",
-    "max_depth": "--max-depth",
-    "scope": "--scope",
-    "include": "--include",
-    "exclude": "--exclude",
-    "obey_robots": "--ignore-robots",
-    "sitemaps": "--sitemaps",
-    "concurrency": "--concurrency",
-    "per_host": "--per-host",
-    "rate": "--rate",
-    "burst": "--burst",
-    "user_agent": "--user-agent",
-    "retries": "--retries",
-    "max_bytes": "--max-bytes",
-    "timeout": "--timeout",
-    "max_time": "--max-time",
-    "block_private": "--block-private",
-    "ca_bundle": "--ca-bundle",
-    "verify_tls": "--insecure",
-    "state": "--state",
-}
+def _add_options(group: argparse._ArgumentGroup, name: str) -> None:
+    """The flags of the CrawlConfig settings in this help group (see _config.OPTIONS)."""
+    for option in OPTIONS:
+        if option.group != name:
+            continue
+        how: dict[str, Any] = {"dest": option.name, "help": option.full_help}
+        if option.kind in ("on", "off"):
+            how.update(action="store_const", const=option.kind == "on")
+        elif option.kind == "choice":
+            how.update(choices=option.choices)
+        else:
+            how.update(metavar=option.metavar, type=_TYPES.get(option.kind))
+            if option.kind == "regexes":
+                how.update(action="append")
+        group.add_argument(option.flag, **how)
 
 
 @dataclasses.dataclass(frozen=True, slots=True, kw_only=True)
@@ -422,42 +292,7 @@ class Options:
     crawl_id: str | None = None
     worker_id: str | None = None
     results: Literal["local", "redis"] = "local"
-
-
-def _load_config_file(path: str) -> dict[str, Any]:
-    try:
-        with open(path, "rb") as file:
-            data = tomllib.load(file)
-    except OSError as exc:
-        raise UsageError(f"cannot read config file {path}: {exc.strerror or exc}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: invalid TOML: {exc}") from None
-    unknown = sorted(set(data) - set(_FIELDS))
-    if unknown:
-        raise UsageError(f"{path}: unknown setting(s): {', '.join(unknown)}")
-    for name in _NOT_IN_FILES:
-        if name in data:
-            raise UsageError(f"{path}: {name} cannot be set in a config file")
-    for name in _BOOL_FIELDS:
-        if name in data and not isinstance(data[name], bool):
-            raise UsageError(f"{path}: {name} must be true or false, got {data[name]!r}")
-    if "state" in data and not isinstance(data["state"], str):
-        raise UsageError(f"{path}: state must be a directory path, got {data['state']!r}")
-    if "ca_bundle" in data and not isinstance(data["ca_bundle"], str):
-        raise UsageError(f"{path}: ca_bundle must be a path, got {data['ca_bundle']!r}")
-    return data
-
-
-def _relabel(message: str, origins: Mapping[str, str], config_file: str | None) -> str:
-    """Name where a bad value came from: the flag, or the config file."""
-    match = re.match(r"(\w+)", message)
-    name = match.group(1) if match else ""
-    origin = origins.get(name)
-    if origin is not None and origin != "file":
-        return origin + message[len(name) :]
-    if config_file is not None and (origin == "file" or name not in _FIELDS):
-        return f"{config_file}: {message}"
-    return message
+    lease: float = DEFAULT_LEASE
 
 
 def parse_args(argv: Sequence[str] | None = None) -> Options:
@@ -465,40 +300,53 @@ def parse_args(argv: Sequence[str] | None = None) -> Options:
     return _options(_build_parser().parse_args(argv))
 
 
+def _check_shared_flags(args: argparse.Namespace) -> None:
+    """A shared crawl's flags: only with --redis, and names Redis keys can carry."""
+    if args.redis is None:
+        for flag, given in (
+            ("--crawl-id", args.crawl_id is not None),
+            ("--lease", args.lease is not None),
+            ("--reset", args.reset),
+        ):
+            if given:
+                raise UsageError(f"{flag} needs --redis URL")
+        return
+    if args.crawl_id is None:
+        raise UsageError("--redis needs --crawl-id NAME")
+    try:
+        check_crawl_id(args.crawl_id)
+        if args.worker_id is not None:
+            check_worker_id(args.worker_id)
+    except ValueError as exc:
+        raise UsageError("--" + str(exc).replace("_", "-", 1)) from None
+    if args.lease is not None and args.lease <= 0:
+        raise UsageError(f"--lease must be > 0, got {args.lease:g}")
+
+
 def _options(args: argparse.Namespace) -> Options:
     if args.state_reset and args.state is None:
         raise UsageError("--state-reset needs --state DIR")
-    data: dict[str, Any] = {}
-    origins: dict[str, str] = {}
-    if args.config is not None:
-        data = _load_config_file(args.config)
-        origins = dict.fromkeys(data, "file")
-    for name, flag in _CONFIG_FLAGS.items():
-        value = getattr(args, name)
-        if value is not None:
-            data[name] = tuple(value) if isinstance(value, list) else value
-            origins[name] = flag
+    _check_shared_flags(args)
+    overrides: dict[str, Any] = {name: getattr(args, name) for name in OPTION_FLAGS}
     if args.seeds:
-        data["seeds"] = tuple(args.seeds)
-        origins["seeds"] = "SEED"
+        overrides["seeds"] = tuple(args.seeds)
     if args.warc is not None:
-        data["keep_exchanges"] = True
-    if args.redis is not None:
-        if args.crawl_id is None:
-            raise UsageError("--redis needs --crawl-id NAME")
-        if data.get("state") is not None:
-            raise UsageError("--redis and --state do not go together: the state is in Redis")
-        if not data.get("seeds"):
-            data["seeds"], data["stay_open"] = (), True  # join the crawl others seeded
-    elif args.crawl_id is not None:
-        raise UsageError("--crawl-id needs --redis URL")
-    if not data.get("seeds") and not data.get("stay_open"):
-        where = f" or seeds = [...] in {args.config}" if args.config else ""
-        raise UsageError(f"no seed URL given (pass SEED arguments{where})")
+        overrides["keep_exchanges"] = True
+    labels = {"seeds": "SEED"}
     try:
-        config = CrawlConfig.from_mapping(data)
-    except (ValueError, TypeError) as exc:
-        raise UsageError(_relabel(str(exc), origins, args.config)) from None
+        try:
+            config = CrawlConfig.from_toml(args.config, labels=labels, **overrides)
+        except NoSeeds:
+            if args.redis is None:
+                where = f" or seeds = [...] in {args.config}" if args.config else ""
+                raise UsageError(f"no seed URL given (pass SEED arguments{where})") from None
+            # A worker may join the crawl that others seeded.
+            overrides.update(seeds=(), stay_open=True)
+            config = CrawlConfig.from_toml(args.config, labels=labels, **overrides)
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    if args.redis is not None and config.state is not None:
+        raise UsageError("--redis and --state do not go together: the state is in Redis")
     return Options(
         config=config,
         output=args.output,
@@ -513,226 +361,21 @@ def _options(args: argparse.Namespace) -> Options:
         worker_id=args.worker_id,
         results=args.results,
         metrics=args.metrics,
+        lease=args.lease if args.lease is not None else DEFAULT_LEASE,
     )
+
+
+def _config_file_state(path: str) -> str | None:
+    try:
+        state = read_config_file(path).get("state")
+    except ConfigError as exc:
+        raise UsageError(str(exc)) from None
+    return state if isinstance(state, str) else None
 
 
 def build_config(argv: Sequence[str] | None = None) -> CrawlConfig:
     """The CrawlConfig a command line asks for (defaults < config file < flags)."""
     return parse_args(argv).config
-
-
-# ---------------------------------------------------------------------------
-# Logging (-v)
-
-
-class _StderrHandler(logging.Handler):
-    """Writes to whatever sys.stderr is now (rich's live display swaps it)."""
-
-    def emit(self, record: logging.LogRecord) -> None:
-        try:
-            stream = sys.stderr
-            stream.write(self.format(record) + "\n")
-            stream.flush()
-        except Exception:  # pragma: no cover - logging must never crash the crawl
-            self.handleError(record)
-
-
-_RESERVED = frozenset(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
-
-
-def _record_fields(record: logging.LogRecord) -> dict[str, Any]:
-    ts = dt.datetime.fromtimestamp(record.created, dt.UTC)
-    out: dict[str, Any] = {
-        "ts": ts.strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z",
-        "level": record.levelname.lower(),
-        "logger": record.name,
-        "msg": record.getMessage(),
-    }
-    for key, value in record.__dict__.items():
-        if key not in _RESERVED and not key.startswith("_"):
-            out[key] = value
-    if record.exc_info:
-        out["exc"] = logging.Formatter().formatException(record.exc_info)
-    return out
-
-
-def _logfmt_value(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    text = value if isinstance(value, str) else str(value)
-    if text and not re.search(r'[\s"=\\]', text) and text.isprintable():
-        return text
-    return json.dumps(text)
-
-
-class LogfmtFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _record_fields(record).items())
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_record_fields(record), default=str, separators=(",", ":"))
-
-
-def _setup_logging(options: Options) -> None:
-    logger = logging.getLogger("crawler")
-    logger.propagate = False
-    for old in [h for h in logger.handlers if isinstance(h, _StderrHandler | logging.NullHandler)]:
-        logger.removeHandler(old)
-    if options.verbose:
-        handler = _StderrHandler()
-        handler.setFormatter(
-            LogfmtFormatter() if options.log_format == "logfmt" else JsonFormatter()
-        )
-        logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-    else:
-        logger.addHandler(logging.NullHandler())
-
-
-# ---------------------------------------------------------------------------
-# Progress and summary
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _human_seconds(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}"
-
-
-def throttled_hosts(config: CrawlConfig, stats: Statistics) -> int:
-    """Hosts held below their configured rate now (Retry-After pause, robots delay, backoff)."""
-    count = 0
-    for origin, host in stats.hosts.items():
-        if host.paused_until is not None:
-            count += 1
-            continue
-        if host.rate <= 0:
-            continue  # unlimited: not throttled
-        try:
-            name = httpx.URL(origin).host
-        except httpx.InvalidURL:  # pragma: no cover - origins come from parsed URLs
-            name = origin
-        configured = config.limits_for(name, origin)[0]
-        if configured == 0 or host.rate < configured * (1 - 1e-9):
-            count += 1
-    return count
-
-
-class _Progress:
-    """A live status line on stderr, refreshed from Crawl.statistics()."""
-
-    def __init__(self, config: CrawlConfig) -> None:
-        self.config = config
-        self.samples: deque[tuple[float, int]] = deque()
-
-    def render(self, stats: Statistics) -> Any:
-        from rich.console import Group
-        from rich.progress_bar import ProgressBar
-        from rich.spinner import Spinner
-        from rich.table import Table
-        from rich.text import Text
-
-        now = time.monotonic()
-        self.samples.append((now, stats.pages))
-        while self.samples and now - self.samples[0][0] > RATE_WINDOW:
-            self.samples.popleft()
-        first_time, first_pages = self.samples[0]
-        span = now - first_time
-        rate = (stats.pages - first_pages) / span if span > 0.5 else stats.pages_per_second
-
-        line = Text()
-        line.append(f"{stats.pages:,} pages", style="bold")
-        line.append(f"  {rate:,.1f}/s", style="cyan")
-        line.append(f"  queued {stats.queued:,}  in flight {stats.in_flight:,}")
-        line.append("  errors ")
-        line.append(f"{stats.errors:,}", style="red" if stats.errors else "")
-        line.append(
-            f"  hosts {len(stats.hosts):,} ({throttled_hosts(self.config, stats):,} throttled)"
-        )
-        line.append(f"  {_human_bytes(stats.bytes)}  {_human_seconds(stats.elapsed)}", style="dim")
-        grid = Table.grid(padding=(0, 1))
-        grid.add_row(Spinner("dots", style="green"), line)
-        max_pages = self.config.max_pages
-        if max_pages:
-            bar = ProgressBar(total=max_pages, completed=min(stats.pages, max_pages), width=40)
-            return Group(grid, bar)
-        return grid
-
-
-def print_summary(
-    stats: Statistics,
-    *,
-    file: TextIO,
-    outputs: Sequence[tuple[str, str]] = (),
-    stopped_by: str | None = None,
-) -> None:
-    """The end-of-crawl summary table (printed even when stderr is not a terminal)."""
-    from rich import box
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(file=file, highlight=False, soft_wrap=False)
-    table = Table(title="crawl summary", show_header=False, title_justify="left", box=box.ROUNDED)
-    table.add_column("what", style="bold")
-    table.add_column("value", overflow="fold")
-    ok = stats.pages - stats.errors
-    table.add_row("pages", f"{stats.pages:,} ({ok:,} ok, {stats.errors:,} with errors)")
-    if stats.errors_by_kind:
-        kinds = sorted(stats.errors_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
-        table.add_row("errors by kind", ", ".join(f"{kind} {n:,}" for kind, n in kinds))
-    else:
-        table.add_row("errors by kind", "none")
-    table.add_row("bytes", f"{_human_bytes(stats.bytes)} ({stats.bytes:,})")
-    table.add_row("pages/s", f"{stats.pages_per_second:,.1f}")
-    table.add_row("elapsed", _human_seconds(stats.elapsed))
-    table.add_row("seen URLs", f"{stats.seen:,}")
-    if stats.disallowed:
-        table.add_row("robots.txt disallowed", f"{stats.disallowed:,}")
-    dropped = {k: v for k, v in stats.dropped.items() if v}
-    if dropped:
-        table.add_row("links dropped", ", ".join(f"{k} {v:,}" for k, v in sorted(dropped.items())))
-    if stats.queued or stats.in_flight:
-        table.add_row("left undone", f"{stats.queued:,} queued, {stats.in_flight:,} in flight")
-    for label, value in outputs:
-        table.add_row(label, value)
-    if stopped_by is not None:
-        table.add_row("stopped by", stopped_by)
-    console.print(table)
-
-    if stats.hosts:
-        top = sorted(stats.hosts.values(), key=lambda h: (-(h.done + h.errors), h.origin))
-        hosts = Table(
-            title=f"top hosts ({len(stats.hosts):,} in all)", title_justify="left", box=box.ROUNDED
-        )
-        hosts.add_column("host", overflow="fold")
-        hosts.add_column("pages", justify="right")
-        hosts.add_column("errors", justify="right")
-        hosts.add_column("bytes", justify="right")
-        hosts.add_column("rate now (req/s)", justify="right")
-        for host in top[:TOP_HOSTS]:
-            hosts.add_row(
-                host.origin,
-                f"{host.done + host.errors:,}",
-                f"{host.errors:,}",
-                _human_bytes(host.bytes),
-                f"{host.rate:g}" if host.rate > 0 else "unlimited",
-            )
-        console.print(hosts)
 
 
 # ---------------------------------------------------------------------------
@@ -839,7 +482,7 @@ class _Run:
                                 crawl.stop(graceful=False)
                                 return
                             if self._wants_progress():
-                                nursery.start_soon(self._show_progress, crawl)
+                                nursery.start_soon(show_progress, crawl, self.config, sys.stderr)
                             try:
                                 await self._consume(crawl, jsonl, warc)
                             finally:
@@ -960,7 +603,7 @@ class _Run:
                     outputs[warc_name] = warc.position
                 crawl.mark_done(page, outputs=outputs)
             if verbose:
-                _log_page(page)
+                log_page(page)
 
     async def _watch_signals(self, signals: AsyncIterator[int], nursery: trio.Nursery) -> None:
         async for signum in signals:
@@ -1019,23 +662,6 @@ class _Run:
         if self.watchdog is not None:
             self.watchdog.cancel()
 
-    async def _show_progress(self, crawl: Crawl) -> None:
-        from rich.console import Console
-        from rich.live import Live
-
-        progress = _Progress(self.config)
-        console = Console(file=sys.stderr)
-        with Live(
-            progress.render(crawl.statistics()),
-            console=console,
-            auto_refresh=False,
-            transient=True,
-            redirect_stdout=False,
-        ) as live:
-            while True:
-                await trio.sleep(PROGRESS_INTERVAL)
-                live.update(progress.render(crawl.statistics()), refresh=True)
-
 
 def _output_names(options: Options) -> dict[str, str]:
     """The output files of a run, as a state records them: role -> "role:/absolute/path"."""
@@ -1086,106 +712,9 @@ def _print_status(directory: Path, file: TextIO) -> int:
     if snapshot is None:
         print(f"{PROG}: error: no crawl state in {directory}", file=sys.stderr)
         return EXIT_USAGE
-    totals = snapshot.totals
-    queued = snapshot.queued
-    if holder is not None:
-        status = f"running (pid {holder})"
-    elif queued:
-        status = f"stopped, {queued:,} URLs to go (run the same crawl command to resume)"
-    elif totals.pages:
-        status = "complete"
-    else:
-        status = "not started"
-    fp = snapshot.fingerprint or {}
-    lines = [
-        f"state: {directory}",
-        f"status: {status}",
-        f"seeds: {' '.join(fp.get('seeds', []))}",
-    ]
-    scope = [f"scope {fp.get('scope', '?')}"]
-    for key in ("include", "exclude"):
-        if fp.get(key):
-            scope.append(f"{key} {' '.join(fp[key])}")
-    if fp.get("max_depth") is not None:
-        scope.append(f"max_depth {fp['max_depth']}")
-    ok = totals.pages - totals.errors
-    lines += [
-        f"crawl: {', '.join(scope)}",
-        f"runs: {totals.runs:,}",
-        f"pages done: {totals.pages:,} ({ok:,} ok, {totals.errors:,} with errors)",
-        f"queued: {queued:,}",
-        f"seen URLs: {snapshot.seen:,}",
-    ]
-    if totals.errors_by_kind:
-        kinds = sorted(totals.errors_by_kind.items(), key=lambda kv: (-kv[1], kv[0]))
-        lines.append("errors by kind: " + ", ".join(f"{k} {n:,}" for k, n in kinds))
-    else:
-        lines.append("errors by kind: none")
-    lines += [
-        f"robots.txt disallowed: {totals.disallowed:,}",
-        f"redirects: {totals.redirects:,}",
-        f"bytes: {_human_bytes(totals.bytes)} ({totals.bytes:,})",
-        f"elapsed: {_human_seconds(totals.elapsed)}",
-    ]
-    for name, offset in sorted(snapshot.outputs.items()):
-        role, _, path = name.partition(":")
-        lines.append(f"output {role}: {path} ({offset:,} bytes committed)")
-    lines.append(f"hosts: {len(snapshot.hosts):,}")
-    if snapshot.hosts:
-        now = time.time()
-        rows = [("origin", "done", "errors", "queued", "bytes", "politeness")]
-        for host in sorted(snapshot.hosts, key=lambda h: (-(h.done + h.errors), h.origin)):
-            notes = []
-            if host.paused_until > now:
-                notes.append(f"Retry-After pause {host.paused_until - now:.0f} s")
-            if host.backoff:
-                notes.append(f"backoff {host.backoff:g} s")
-            if host.disallowed:
-                notes.append(f"{host.disallowed:,} disallowed")
-            rows.append(
-                (
-                    host.origin,
-                    f"{host.done:,}",
-                    f"{host.errors:,}",
-                    f"{host.queued:,}",
-                    _human_bytes(host.bytes),
-                    "; ".join(notes) or "-",
-                )
-            )
-        widths = [max(len(row[i]) for row in rows) for i in range(5)]
-        for row in rows:
-            numbers = zip(row[1:5], widths[1:], strict=True)
-            cells = [row[0].ljust(widths[0])] + [c.rjust(w) for c, w in numbers]
-            lines.append("  " + "  ".join([*cells, row[5]]).rstrip())
-    file.write("\n".join(lines) + "\n")
+    file.write(format_state_status(directory, snapshot, holder))
     file.flush()
     return EXIT_OK
-
-
-def _log_page(page: Page) -> None:
-    if page.error is None:
-        log.info(
-            "page",
-            extra={
-                "url": page.url,
-                "status": page.status,
-                "depth": page.depth,
-                "bytes": len(page.body),
-                "links": len(page.links),
-                "elapsed": round(page.elapsed, 4),
-            },
-        )
-    else:
-        log.warning(
-            "page failed",
-            extra={
-                "url": page.url,
-                "status": page.status,
-                "depth": page.depth,
-                "kind": str(page.error.kind),
-                "error": page.error.message,
-            },
-        )
 
 
 def _is_terminal(stream: TextIO) -> bool:
@@ -1235,14 +764,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _main(argv: Sequence[str] | None) -> int:
     try:
         args = _build_parser().parse_args(argv)
-        if args.status and args.redis is not None:
-            if args.crawl_id is None:
-                raise UsageError("--redis needs --crawl-id NAME")
-            return trio.run(_print_shared_status, args.redis, args.crawl_id)
+        _check_shared_flags(args)
+        if args.redis is not None and (args.status or args.reset):
+            if args.reset and args.status:
+                raise UsageError("--reset and --status do not go together")
+            if args.reset and args.seeds:
+                raise UsageError("--reset deletes the shared crawl and exits: it takes no SEED")
+            return _shared_command(args.redis, args.crawl_id, reset=args.reset)
         if args.status:
             state = args.state
             if state is None and args.config is not None:
-                state = _load_config_file(args.config).get("state")
+                state = _config_file_state(args.config)
             if state is None:
                 raise UsageError("--status needs --state DIR")
             return _print_status(Path(state), sys.stdout)
@@ -1250,7 +782,7 @@ def _main(argv: Sequence[str] | None) -> int:
     except UsageError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    _setup_logging(options)
+    setup_logging(options.verbose, options.log_format)
     if not options.config.verify_tls:
         print(
             f"{PROG}: warning: TLS certificates are not verified (--insecure): "
@@ -1287,12 +819,39 @@ def _main(argv: Sequence[str] | None) -> int:
     return code
 
 
-async def _print_shared_status(redis_url: str, crawl_id: str) -> int:
-    from ._distributed import shared_status
-    from ._redis import format_status
+def _shared_command(redis_url: str, crawl_id: str, *, reset: bool) -> int:
+    """--status or --reset of a shared crawl."""
+    from ._redis import SharedCrawlError
 
-    print(format_status(await shared_status(redis_url, crawl_id)))
-    return 0
+    unreachable: tuple[type[Exception], ...] = (OSError,)
+    with contextlib.suppress(ImportError):  # without coredis, open_redis says what to install
+        from coredis.exceptions import RedisError
+
+        unreachable = (OSError, RedisError)
+    try:
+        text = trio.run(_reset_shared if reset else _shared_status, redis_url, crawl_id)
+    except SharedCrawlError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except unreachable as exc:
+        print(f"{PROG}: error: Redis at {redis_url}: {exc}", file=sys.stderr)
+        return EXIT_FATAL
+    print(text)
+    return EXIT_OK
+
+
+async def _shared_status(redis_url: str, crawl_id: str) -> str:
+    from ._distributed import shared_status
+
+    return format_shared_status(await shared_status(redis_url, crawl_id))
+
+
+async def _reset_shared(redis_url: str, crawl_id: str) -> str:
+    from ._redis import RedisFrontier, open_redis
+
+    async with open_redis(redis_url) as client:
+        deleted = await RedisFrontier(client, crawl_id, worker_id="reset").delete()
+    return f"crawl {crawl_id}: deleted {deleted} keys"
 
 
 def _run_shared(options: Options) -> int:
@@ -1315,6 +874,7 @@ def _run_shared(options: Options) -> int:
                 else options.output,
                 warc=options.warc,
                 results=options.results,
+                lease=options.lease,
                 stay_open=False,
                 stop_on_signals=True,
             )

@@ -1,11 +1,17 @@
-"""Crawl configuration: small, frozen, validated objects (no dict of strings)."""
+"""Crawl configuration: small, frozen, validated objects (no dict of strings).
+
+Also where a configuration comes from: a TOML file merged with overrides (the ``crawl``
+command's flags), and the table of settings that have a flag, with their help.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
 import ssl
+import tomllib
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -213,6 +219,39 @@ class CrawlConfig:
         return rate, burst, per_host
 
     @classmethod
+    def from_toml(
+        cls,
+        path: str | os.PathLike[str] | None,
+        /,
+        *,
+        labels: Mapping[str, str] | None = None,
+        **overrides: Any,
+    ) -> CrawlConfig:
+        """Defaults < the TOML file at `path` (None: no file) < `overrides` (None ones ignored).
+
+        A bad value raises ConfigError naming where it came from: the file, or an override's
+        label (`labels`, else the setting's flag in OPTIONS). NoSeeds when nothing names a
+        seed and the crawl does not stay open."""
+        file = os.fspath(path) if path is not None else None
+        data = read_config_file(file) if file is not None else {}
+        origins = dict.fromkeys(data, "file")
+        for name, value in overrides.items():
+            if value is None:
+                continue
+            data[name] = tuple(value) if isinstance(value, list) else value
+            label = (labels or {}).get(name, OPTION_FLAGS.get(name))
+            if label is None:
+                origins.pop(name, None)
+            else:
+                origins[name] = label
+        if not data.get("seeds") and not data.get("stay_open"):
+            raise NoSeeds(f"{file}: no seed URL given" if file else "no seed URL given")
+        try:
+            return cls.from_mapping(data)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(_relabel(str(exc), origins, file)) from None
+
+    @classmethod
     def from_mapping(cls, data: Mapping[str, Any], **overrides: Any) -> CrawlConfig:
         """Build from a TOML-like mapping; unknown keys raise ValueError naming them."""
         known = {f.name for f in fields(cls)}
@@ -273,3 +312,151 @@ def _parses(url: str) -> bool:
 
 def iter_config_fields() -> Iterable[str]:
     return (f.name for f in fields(CrawlConfig))
+
+
+# ---------------------------------------------------------------------------
+# Config files and flags
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the file or flag it came from."""
+
+
+class NoSeeds(ConfigError):
+    """No seed URL anywhere (file or overrides), and the crawl does not stay open."""
+
+
+OptionKind = Literal["int", "number", "text", "choice", "regexes", "path", "dir", "on", "off"]
+"""How a setting is written: on the command line (``on``/``off``: a flag without a value
+that sets True/False) and in a TOML file."""
+
+
+@dataclass(frozen=True, slots=True)
+class Option:
+    """A CrawlConfig setting that has a command-line flag; the one place its help is written."""
+
+    name: str
+    flag: str
+    kind: OptionKind
+    help: str
+    """One line; ``{default}`` stands for CrawlConfig's default, as show_default writes it."""
+    group: str
+    metavar: str | None = None
+    choices: tuple[str, ...] = ()
+
+    @property
+    def full_help(self) -> str:
+        return self.help.replace("{default}", show_default(self.name))
+
+
+_WHAT = "what to crawl"
+_POLITE = "politeness and limits"
+
+OPTIONS: tuple[Option, ...] = (
+    Option("max_pages", "--max-pages", "int", "stop after N pages (default: {default})",
+           _WHAT, "N"),
+    Option("max_depth", "--max-depth", "int",
+           "follow links at most N hops from a seed (default: {default})", _WHAT, "N"),
+    Option("scope", "--scope", "choice",
+           "follow links to the seed's host, its registrable domain, or anywhere "
+           "(default: {default})", _WHAT, choices=SCOPES),
+    Option("include", "--include", "regexes",
+           "only follow URLs matching REGEX (repeatable; default: all)", _WHAT, "REGEX"),
+    Option("exclude", "--exclude", "regexes",
+           "never follow URLs matching REGEX (repeatable; default: none)", _WHAT, "REGEX"),
+    Option("obey_robots", "--ignore-robots", "off",
+           "do not fetch or obey robots.txt (default: robots.txt obeyed)", _WHAT),
+    Option("sitemaps", "--sitemaps", "on",
+           "also seed from the sitemaps robots.txt lists (default: off)", _WHAT),
+    Option("concurrency", "--concurrency", "int",
+           "global cap on requests in flight (default: {default})", _POLITE, "N"),
+    Option("per_host", "--per-host", "int",
+           "cap on requests in flight per host (default: {default})", _POLITE, "N"),
+    Option("rate", "--rate", "number",
+           "requests per second per host, 0 = unlimited (default: {default})", _POLITE, "R"),
+    Option("burst", "--burst", "int",
+           "requests a host may get back to back (default: {default})", _POLITE, "B"),
+    Option("user_agent", "--user-agent", "text", "User-Agent header (default: {default})",
+           _POLITE, "UA"),
+    Option("retries", "--retries", "int",
+           "retries after a timeout, reset or 5xx/429 (default: {default})", _POLITE, "N"),
+    Option("max_bytes", "--max-bytes", "int", "cut bodies at N bytes (default: {default})",
+           _POLITE, "N"),
+    Option("max_time", "--max-time", "number",
+           "stop gracefully after this long (default: {default})", _POLITE, "SECONDS"),
+    Option("block_private", "--block-private", "on",
+           "refuse to connect to loopback, private and link-local addresses (after DNS), "
+           "except the seeds' own hosts (default: off)", _POLITE),
+    Option("timeout", "--timeout", "number",
+           "total deadline for one request, connect and read included (default: {default})",
+           _POLITE, "SECONDS"),
+    Option("ca_bundle", "--ca-bundle", "path",
+           "verify TLS with the CA certificates in PATH (PEM file or directory) instead of "
+           "certifi's, SSL_CERT_FILE's or SSL_CERT_DIR's (default: certifi, or those if set)",
+           "TLS", "PATH"),
+    Option("verify_tls", "--insecure", "off",
+           "do not verify TLS certificates (like curl -k; default: verified)", "TLS"),
+    Option("state", "--state", "dir",
+           "keep the crawl's state (frontier, seen URLs, politeness, statistics) in DIR; "
+           "the same command run again resumes it (default: none)", "running", "DIR"),
+)  # fmt: skip
+OPTION_FLAGS: Mapping[str, str] = MappingProxyType({o.name: o.flag for o in OPTIONS})
+
+_FIELDS = {f.name: f for f in dataclasses.fields(CrawlConfig)}
+_DEFAULTS: dict[str, Any] = {
+    name: f.default for name, f in _FIELDS.items() if f.default is not dataclasses.MISSING
+}
+_BOOL_FIELDS = tuple(name for name, value in _DEFAULTS.items() if isinstance(value, bool))
+_NOT_IN_FILES = ("should_follow",)
+"""CrawlConfig fields a config file cannot set (hooks are Python callables)."""
+_PATHS = {"dir": "a directory path", "path": "a path"}
+
+
+def show_default(name: str) -> str:
+    """A CrawlConfig default as help shows it."""
+    value = _DEFAULTS[name]
+    if value is None:
+        return "no limit"
+    if isinstance(value, float):
+        return f"{value:g}"
+    if name == "max_bytes" and isinstance(value, int) and value % MiB == 0:
+        return f"{value} = {value // MiB} MiB"
+    return str(value)
+
+
+def read_config_file(path: str) -> dict[str, Any]:
+    """The settings in a TOML file, checked for unknown keys and values TOML cannot type."""
+    try:
+        with open(path, "rb") as file:
+            data = tomllib.load(file)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s): {', '.join(unknown)}")
+    for name in _NOT_IN_FILES:
+        if name in data:
+            raise ConfigError(f"{path}: {name} cannot be set in a config file")
+    for name in _BOOL_FIELDS:
+        if name in data and not isinstance(data[name], bool):
+            raise ConfigError(f"{path}: {name} must be true or false, got {data[name]!r}")
+    for option in OPTIONS:
+        what = _PATHS.get(option.kind)
+        value = data.get(option.name)
+        if what is not None and value is not None and not isinstance(value, str):
+            raise ConfigError(f"{path}: {option.name} must be {what}, got {value!r}")
+    return data
+
+
+def _relabel(message: str, origins: Mapping[str, str], config_file: str | None) -> str:
+    """Name where a bad value came from: the flag, or the config file."""
+    match = re.match(r"(\w+)", message)
+    name = match.group(1) if match else ""
+    origin = origins.get(name)
+    if origin is not None and origin != "file":
+        return origin + message[len(name) :]
+    if config_file is not None and (origin == "file" or name not in _FIELDS):
+        return f"{config_file}: {message}"
+    return message

@@ -28,7 +28,6 @@ lease: exactly once.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import datetime as dt
 import json
@@ -38,7 +37,6 @@ import random
 import re
 import signal
 import socket
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -61,7 +59,6 @@ from ._redis import (
     SharedCrawlError,
     SharedStatus,
     check_worker_id,
-    format_status,
     open_redis,
 )
 from ._retry import Action, Verdict, judge, redirect_target, retry_delay
@@ -80,7 +77,6 @@ from ._urls import Scope, host_of, normalize_url, origin_of, strip_userinfo
 __all__ = [
     "SharedCrawl",
     "default_worker_id",
-    "main",
     "open_shared_crawl",
     "run_worker",
     "shared_status",
@@ -1023,101 +1019,3 @@ async def _stop_on_signals(crawl: SharedCrawl) -> None:
         async for _ in signals:
             crawl.stop(graceful=graceful)
             graceful = False
-
-
-# ---------------------------------------------------------------------------------------
-# `python -m crawler._distributed` (until `crawl --redis` is wired in)
-
-
-def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m crawler._distributed",
-        description="Run one worker of a crawl shared through Redis.",
-    )
-    parser.add_argument("seeds", nargs="*", help="seed URLs (any worker may give them)")
-    parser.add_argument("--redis", required=True, help="redis://host:port/db or redis+cluster://")
-    parser.add_argument("--crawl-id", required=True, help="name of the shared crawl")
-    parser.add_argument("--worker-id", help="this worker's id (default: <hostname>-<pid>)")
-    parser.add_argument("-o", "--output", help="JSON Lines file (named per worker: out.w-ID.jsonl)")
-    parser.add_argument("--warc", help="WARC file (named per worker)")
-    parser.add_argument("--results", choices=("local", "redis"), default="local")
-    parser.add_argument("--lease", type=float, default=DEFAULT_LEASE, help="lease seconds")
-    parser.add_argument("--status", action="store_true", help="show the shared crawl's progress")
-    parser.add_argument("--reset", action="store_true", help="delete the crawl's keys and exit")
-    parser.add_argument("--concurrency", type=int, default=32)
-    parser.add_argument("--per-host", type=int, default=2)
-    parser.add_argument("--rate", type=float, default=1.0)
-    parser.add_argument("--burst", type=int, default=1)
-    parser.add_argument("--max-pages", type=int)
-    parser.add_argument("--max-depth", type=int)
-    parser.add_argument("--scope", choices=("host", "domain", "any"), default="host")
-    parser.add_argument("--ignore-robots", action="store_true")
-    parser.add_argument("--user-agent")
-    parser.add_argument("--timeout", type=float, default=30.0)
-    parser.add_argument("--retries", type=int, default=2)
-    parser.add_argument("--stay-open", action="store_true")
-    parser.add_argument("-q", "--quiet", action="store_true")
-    return parser.parse_args(argv)
-
-
-async def _main(args: argparse.Namespace) -> int:
-    if args.status or args.reset:
-        async with open_redis(args.redis) as client:
-            frontier = RedisFrontier(client, args.crawl_id, worker_id="status")
-            if args.reset:
-                deleted = await frontier.delete()
-                print(f"crawl {args.crawl_id}: deleted {deleted} keys")
-            else:
-                print(format_status(await frontier.status()))
-        return 0
-    settings: dict[str, Any] = {
-        "seeds": tuple(args.seeds),
-        "concurrency": args.concurrency,
-        "per_host": args.per_host,
-        "rate": args.rate,
-        "burst": args.burst,
-        "max_pages": args.max_pages,
-        "max_depth": args.max_depth,
-        "scope": args.scope,
-        "obey_robots": not args.ignore_robots,
-        "timeout": args.timeout,
-        "retries": args.retries,
-    }
-    if args.user_agent:
-        settings["user_agent"] = args.user_agent
-    # CrawlConfig wants seeds unless it stays open; a worker may join a crawl without any.
-    config = CrawlConfig(**settings, stay_open=args.stay_open or not args.seeds)
-    stats = await run_worker(
-        config,
-        redis_url=args.redis,
-        crawl_id=args.crawl_id,
-        worker_id=args.worker_id,
-        output=args.output,
-        warc=args.warc,
-        results=args.results,
-        lease=args.lease,
-        stay_open=args.stay_open,
-        stop_on_signals=True,
-    )
-    if not args.quiet:
-        print(
-            f"worker done: {stats.pages} pages, {stats.errors} errors, "
-            f"{stats.elapsed:.1f} s, {stats.pages_per_second:.0f} pages/s",
-            file=sys.stderr,
-        )
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = _parse_args(argv)
-    try:
-        return trio.run(_main, args)
-    except (SharedCrawlError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -16,8 +18,15 @@ from typing import IO, Any
 import pytest
 import trio
 
-from crawler._cli import build_config, main
-from crawler._config import DEFAULT_USER_AGENT, CrawlConfig, HostLimits
+from crawler._cli import build_config, main, parse_args
+from crawler._config import (
+    DEFAULT_USER_AGENT,
+    OPTIONS,
+    ConfigError,
+    CrawlConfig,
+    HostLimits,
+    NoSeeds,
+)
 from crawler._version import __version__
 from tests.siteserver import SiteServer, open_site_server
 from tests.test_output import SCHEMA_KEYS
@@ -173,6 +182,46 @@ def test_config_file_then_flags_override(tmp_path: Path) -> None:
     assert flags.limits_for("example.com", "https://example.com") == (10, 1, 3)
 
 
+def test_from_toml_merges_file_and_overrides_and_names_the_culprit(tmp_path: Path) -> None:
+    path = tmp_path / "crawl.toml"
+    path.write_text(CONFIG_TOML)
+    config = CrawlConfig.from_toml(path, rate=2, per_host=None, include=["/b/"])
+    assert (config.rate, config.per_host, config.include) == (2, 4, ("/b/",))
+    assert config.seeds == ("http://from-file.example/",)
+    # An override is named by its flag (or the label given); a file's value by the file.
+    with pytest.raises(ConfigError, match=r"^--concurrency must be >= 1"):
+        CrawlConfig.from_toml(path, concurrency=0)
+    with pytest.raises(ConfigError, match=r"^SEED: 'x' is not"):
+        CrawlConfig.from_toml(None, labels={"seeds": "SEED"}, seeds=("x",))
+    path.write_text("seeds = ['http://a.test/']\nburst = 0\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: burst must be >= 1"):
+        CrawlConfig.from_toml(path)
+    with pytest.raises(NoSeeds):
+        CrawlConfig.from_toml(None, rate=2)
+    assert CrawlConfig.from_toml(None, seeds=(), stay_open=True).seeds == ()
+
+
+def test_every_option_in_the_table_is_a_flag_with_its_help() -> None:
+    from crawler._cli import _build_parser
+
+    actions = {a.dest: a for a in _build_parser()._actions}
+    for option in OPTIONS:
+        action = actions[option.name]
+        assert option.flag in action.option_strings and action.help == option.full_help
+    assert {o.name for o in OPTIONS} <= {f.name for f in dataclasses.fields(CrawlConfig)}
+
+
+SHARED = ["--redis", "redis://127.0.0.1:9/0", "--crawl-id", "c"]
+"""A shared crawl's flags (nothing listens on port 9: usage errors come first)."""
+
+
+def test_shared_crawl_flags() -> None:
+    assert parse_args([*SHARED, "--lease", "2.5"]).lease == 2.5
+    options = parse_args(SHARED)
+    assert options.lease == 30.0 and options.redis == SHARED[1] and options.crawl_id == "c"
+    assert options.config.seeds == () and options.config.stay_open  # joins others' crawl
+
+
 USAGE_ERRORS: list[tuple[list[str], str | None, tuple[str, ...]]] = [
     (["not a url"], None, ("SEED", "'not a url'", "not an absolute http(s) URL")),
     (["ftp://example.com/"], None, ("ftp://example.com/",)),
@@ -193,6 +242,15 @@ USAGE_ERRORS: list[tuple[list[str], str | None, tuple[str, ...]]] = [
     (["http://e.com/"], "[hosts.'a.com']\nrate = -2\n", ("crawl.toml", "hosts.a.com.rate")),
     (["http://e.com/"], "should_follow = 'x'\n", ("crawl.toml", "should_follow")),
     ([], "rate = 2\n", ("no seed URL", "seeds = [...]")),
+    # Shared crawls: these fail before any connection to Redis.
+    (["--reset"], None, ("--reset needs --redis URL",)),
+    (["http://e.com/", "--lease", "5"], None, ("--lease needs --redis URL",)),
+    ([*SHARED, "--lease", "0"], None, ("--lease must be > 0, got 0",)),
+    ([*SHARED, "--lease", "soon"], None, ("--lease", "'soon'")),
+    ([*SHARED, "--reset", "--status"], None, ("--reset and --status do not go together",)),
+    ([*SHARED, "--reset", "http://e.com/"], None, ("--reset", "takes no SEED")),
+    (["--redis", "redis://127.0.0.1:9/0", "--reset"], None, ("--redis needs --crawl-id",)),
+    (["--redis", "redis://127.0.0.1:9/0", "--crawl-id", "a b"], None, ("--crawl-id must be",)),
 ]
 
 

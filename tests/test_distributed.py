@@ -1,6 +1,6 @@
 """Shared crawls: several workers, one Redis, one politeness budget per host.
 
-The subprocess tests run real worker processes (``python -m crawler._distributed``) against
+The subprocess tests run real worker processes (``crawl --redis``) against
 ``python -m tests.siteserver`` and judge politeness from the site server's own log.
 """
 
@@ -114,7 +114,7 @@ def _worker_cmd(
     redis_url: str, crawl_id: str, worker: str, out: Path, seeds: Sequence[str], lease: float
 ) -> list[str]:
     return [
-        sys.executable, "-m", "crawler._distributed", "--redis", redis_url,
+        sys.executable, "-m", "crawler", "--redis", redis_url,
         "--crawl-id", crawl_id, "--worker-id", worker, "-o", str(out), "--lease", str(lease),
         "--rate", str(RATE), "--burst", str(BURST), "--per-host", str(PER_HOST),
         "--concurrency", "4", "-q", *seeds,
@@ -482,15 +482,42 @@ async def test_status_command(redis_url: str, crawl_id: str) -> None:
             ) as crawl:
                 async for _ in crawl:
                     pass
-    cmd = [sys.executable, "-m", "crawler._distributed", "--redis", redis_url]
+    cmd = [sys.executable, "-m", "crawler", "--redis", redis_url]
     cmd += ["--crawl-id", crawl_id, "--status"]
-    result = await trio.run_process(cmd, cwd=ROOT, env=_env(), capture_stdout=True)
+    with trio.fail_after(30):
+        result = await trio.run_process(cmd, cwd=ROOT, env=_env(), capture_stdout=True)
     text = result.stdout.decode()
     assert f"crawl {crawl_id}: finished" in text
     assert "queued 0  leased (in flight) 0" in text
     assert f"{server.origin(0)}  queued 0  leased 0/4  done 11" in text
+    assert "pages 11 (11 ok, 0 with errors)" in text
     workers = text.split("workers (seconds since last heard from):")[1].split()
     assert workers[0] == "w" and math.isfinite(float(workers[1]))
+
+
+async def test_reset_command_deletes_the_crawl(redis_url: str, crawl_id: str) -> None:
+    async with (
+        open_site_server(ports=1, pages=3) as server,
+        open_shared_crawl(
+            _config(server), redis_url=redis_url, crawl_id=crawl_id, worker_id="w"
+        ) as crawl,
+    ):
+        async for _ in crawl:
+            pass
+    cmd = [sys.executable, "-m", "crawler", "--redis", redis_url, "--crawl-id", crawl_id]
+    with trio.fail_after(30):
+        result = await trio.run_process(
+            [*cmd, "--reset"], cwd=ROOT, env=_env(), capture_stdout=True
+        )
+        async with open_redis(redis_url) as client:
+            keys = [key async for key in client.scan_iter(match=f"crawler:{{{crawl_id}}}:*")]
+        status = await trio.run_process(
+            [*cmd, "--status"], cwd=ROOT, env=_env(), capture_stdout=True
+        )
+    deleted = result.stdout.decode().strip()
+    assert deleted.startswith(f"crawl {crawl_id}: deleted ") and deleted.endswith(" keys")
+    assert int(deleted.split()[-2]) > 0 and keys == []
+    assert f"crawl {crawl_id}: empty" in status.stdout.decode()
 
 
 async def test_redirect_chains_cross_workers_with_their_exchanges(
@@ -546,31 +573,10 @@ async def test_crawl_command_runs_a_shared_worker(
     crawl_id: str, redis_url: str, tmp_path: Path
 ) -> None:
     """`crawl --redis URL --crawl-id NAME` is a worker; `--status` reports on the crawl."""
-    async with open_site_server(ports=1, pages=20) as server:
-        out = tmp_path / "out.jsonl"
-        command = [
-            sys.executable,
-            "-m",
-            "crawler",
-            "--redis",
-            redis_url,
-            "--crawl-id",
-            crawl_id,
-            "--worker-id",
-            "w1",
-            "--rate",
-            "0",
-            "-q",
-            "-o",
-            str(out),
-            server.url(0),
-        ]
-        result = await trio.run_process(command, capture_stderr=True, check=False)
-        assert result.returncode == 0, result.stderr.decode()
-        lines = (tmp_path / "out.w-w1.jsonl").read_text().splitlines()
-        assert len(lines) == len({json.loads(line)["url"] for line in lines}) == 21
-        status = await trio.run_process(
-            [
+    with trio.fail_after(60):
+        async with open_site_server(ports=1, pages=20) as server:
+            out = tmp_path / "out.jsonl"
+            command = [
                 sys.executable,
                 "-m",
                 "crawler",
@@ -578,16 +584,38 @@ async def test_crawl_command_runs_a_shared_worker(
                 redis_url,
                 "--crawl-id",
                 crawl_id,
-                "--status",
-            ],
-            capture_stdout=True,
-            check=False,
-        )
-        assert status.returncode == 0
-        assert "21" in status.stdout.decode()
-        usage = await trio.run_process(
-            [sys.executable, "-m", "crawler", "--redis", redis_url, server.url(0)],
-            capture_stderr=True,
-            check=False,
-        )
-        assert usage.returncode == 2 and b"--crawl-id" in usage.stderr
+                "--worker-id",
+                "w1",
+                "--rate",
+                "0",
+                "-q",
+                "-o",
+                str(out),
+                server.url(0),
+            ]
+            result = await trio.run_process(command, capture_stderr=True, check=False)
+            assert result.returncode == 0, result.stderr.decode()
+            lines = (tmp_path / "out.w-w1.jsonl").read_text().splitlines()
+            assert len(lines) == len({json.loads(line)["url"] for line in lines}) == 21
+            status = await trio.run_process(
+                [
+                    sys.executable,
+                    "-m",
+                    "crawler",
+                    "--redis",
+                    redis_url,
+                    "--crawl-id",
+                    crawl_id,
+                    "--status",
+                ],
+                capture_stdout=True,
+                check=False,
+            )
+            assert status.returncode == 0
+            assert "21" in status.stdout.decode()
+            usage = await trio.run_process(
+                [sys.executable, "-m", "crawler", "--redis", redis_url, server.url(0)],
+                capture_stderr=True,
+                check=False,
+            )
+            assert usage.returncode == 2 and b"--crawl-id" in usage.stderr
