@@ -113,6 +113,7 @@ class _Job:
     chain: tuple[str, ...] = ()
     sitemap: bool = False
     exchanges: list[Exchange] = field(default_factory=list)
+    resent: bool = False
     error: PageError | None = None
     redirect_target: str | None = None
     applied: bool = False
@@ -129,6 +130,7 @@ def _entry(
     chain: Sequence[str] = (),
     sitemap: bool = False,
     exchanges: Sequence[Exchange] = (),
+    resent: bool = False,
 ) -> str:
     data: dict[str, Any] = {"u": url, "d": depth}
     if first_url is not None and first_url != url:
@@ -143,6 +145,8 @@ def _entry(
         data["s"] = 1
     if exchanges:
         data["x"] = [_exchange_to_json(x) for x in exchanges]
+    if resent:
+        data["rs"] = 1
     return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
 
@@ -159,6 +163,7 @@ def _job(claim: Claim) -> _Job:
         chain=tuple(data.get("c", ())),
         sitemap=bool(data.get("s", 0)),
         exchanges=[_exchange_from_json(x) for x in data.get("x", ())],
+        resent=bool(data.get("rs", 0)),
     )
 
 
@@ -612,7 +617,7 @@ class SharedCrawl:
             fetched = await self._fetcher.fetch(job.url)
             if fetched.exchange is not None:
                 job.exchanges.append(fetched.exchange)
-            verdict = judge(fetched, job.attempt, self.config)
+            verdict = judge(fetched, job.attempt, self.config, resent=job.resent)
         except Exception as exc:
             if ends_crawl(exc):
                 raise
@@ -623,7 +628,9 @@ class SharedCrawl:
     async def _settle(self, job: _Job, fetched: Fetched, verdict: Verdict) -> None:
         """Turn one fetch into a page, a retry or a redirect hop (as the engine does)."""
         pause, health = verdict.pause, verdict.health
-        if verdict.action is Action.RETRY_NOW:
+        if verdict.action is Action.RESEND:
+            await self._retry(job, resend=True)
+        elif verdict.action is Action.RETRY_NOW:
             await self._retry(job, pause=pause)
         elif verdict.action is Action.RETRY_LATER:
             await self._retry(job, delay=retry_delay(job.attempt, self._rng), health=health)
@@ -652,7 +659,10 @@ class SharedCrawl:
         delay: float | None = None,
         pause: float | None = None,
         health: str | None = None,
+        resend: bool = False,
     ) -> None:
+        """Queue the job again; `resend`: once more after a lost keep-alive connection,
+        not counted as an attempt (judge's Action.RESEND)."""
         claim = job.claim
         keep = job.exchanges if self.config.keep_exchanges else ()
         entry = _entry(
@@ -660,10 +670,11 @@ class SharedCrawl:
             job.depth,
             first_url=job.first_url,
             redirects=job.redirects,
-            attempt=job.attempt + 1,
+            attempt=job.attempt if resend else job.attempt + 1,
             chain=job.chain,
             sitemap=job.sitemap,
             exchanges=keep,
+            resent=resend or job.resent,
         )
         op: dict[str, Any] = {"k": "retry", "l": claim.lease, "o": claim.origin, "ne": entry}
         if delay is not None:

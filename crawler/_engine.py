@@ -817,7 +817,7 @@ class Crawl:
         """Turn one fetch into a page, a retry or a redirect hop, and adjust politeness."""
         if fetched.exchange is not None:
             request.exchanges.append(fetched.exchange)
-        verdict = judge(fetched, request.attempt, self.config)
+        verdict = judge(fetched, request.attempt, self.config, resent=request.resent)
         now = trio.current_time()
         if verdict.pause is not None:
             host.pause_until(now + verdict.pause)
@@ -825,6 +825,10 @@ class Crawl:
             host.slow_down(now - fetched.elapsed, now)
         elif verdict.health == "ok":
             host.recover()
+        if verdict.action is Action.RESEND:
+            request.resent = True
+            self._enqueue(request, front=True)  # through the dispatcher: a rate slot
+            return
         if verdict.action is Action.RETRY_NOW:
             request.attempt += 1
             self._note_attempt(request)

@@ -18,7 +18,7 @@ from ._guard import AddressGuard, BlockedAddressError
 from ._page import ErrorKind, Exchange, PageError
 from ._retry import REDIRECT_STATUSES
 from ._robots import ROBOTS_MAX_BYTES
-from ._transport import Reply, TrioTransport
+from ._transport import Reply, StaleConnection, TrioTransport
 from ._unexpected import note_hook
 from ._urls import host_of, normalize_url, origin_of
 
@@ -37,6 +37,8 @@ class Fetched:
     error: PageError | None
     exchange: Exchange | None
     truncated: bool = False
+    stale: bool = False
+    """The error is a reused keep-alive connection lost before any response byte."""
 
 
 _NO_SCOPE: Final = contextlib.nullcontext()
@@ -128,6 +130,7 @@ class Fetcher:
         raw_size = 0
         truncated = False
         error: PageError | None = None
+        stale = False
         deadline = start + self.timeout
         # Our transport keeps the deadline itself; another gets a cancel scope (a plain
         # one: fail_after() is a generator-based context manager, slower still).
@@ -190,6 +193,7 @@ class Fetcher:
             kind = ErrorKind.BLOCKED if blocked else ErrorKind.CONNECT
             error = PageError(kind, _describe(exc, "connection failed"))
         except (httpx.ReadError, httpx.WriteError, httpx.CloseError) as exc:
+            stale = isinstance(exc, StaleConnection)
             error = PageError(ErrorKind.RESET, _describe(exc, "connection lost"))
         except httpx.ProtocolError as exc:
             error = PageError(ErrorKind.PROTOCOL, _describe(exc, "protocol error"))
@@ -235,6 +239,7 @@ class Fetcher:
             error=error,
             exchange=exchange,
             truncated=truncated,
+            stale=stale,
         )
 
     def _overdue(self) -> str:

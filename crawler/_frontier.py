@@ -37,6 +37,8 @@ class Request:
     sitemap: bool = False
     seq: int | None = None
     """The row of `first_url` in a durable state's database."""
+    resent: bool = False
+    """Sent again once after a lost keep-alive connection (see Action.RESEND)."""
 
 
 @dataclass(slots=True, eq=False)

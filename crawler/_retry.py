@@ -83,6 +83,9 @@ class Action(enum.Enum):
     RETRY_LATER = "retry_later"
     """Retry after a jittered backoff (retry_delay)."""
     REDIRECT = "redirect"
+    RESEND = "resend"
+    """Send again, under the rate limit, without counting an attempt: a reused
+    keep-alive connection was lost before any response (once per request)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,9 +101,14 @@ class Verdict:
     """"slow": a sign of overload (grow the backoff); "ok": a healthy answer (decay it)."""
 
 
-def judge(fetched: Fetched, attempt: int, config: CrawlConfig) -> Verdict:
+def judge(fetched: Fetched, attempt: int, config: CrawlConfig, *, resent: bool = False) -> Verdict:
     """Retry-After, backoff, retry and redirect policy for one fetch (no side effects);
-    the single-process engine and shared-crawl workers both apply it."""
+    the single-process engine and shared-crawl workers both apply it. `resent`: the
+    request was sent again already after a lost keep-alive connection."""
+    if fetched.stale and not resent:
+        # A keep-alive race (the server closed the idle connection as the request
+        # went out) says nothing of the URL: it costs a rate slot, not an attempt.
+        return Verdict(Action.RESEND)
     status = fetched.status
     kind = fetched.error.kind if fetched.error is not None else None
     pause: float | None = None

@@ -45,7 +45,7 @@ import h11
 import httpx
 import trio
 
-__all__ = ["ConnectHook", "Reply", "TrioTransport"]
+__all__ = ["ConnectHook", "Reply", "StaleConnection", "TrioTransport"]
 
 ConnectHook = Callable[[str, int], Awaitable[trio.abc.Stream]]
 """``async def connect(host, port) -> trio.abc.Stream``: opens the TCP (not TLS) stream."""
@@ -214,6 +214,12 @@ async def _discard(stream: trio.abc.AsyncResource) -> None:
 
 def _silence(timeout: float) -> str:
     return f"no response data for {timeout:g}s"
+
+
+class StaleConnection(httpx.ReadError):
+    """A reused keep-alive connection failed before any byte of the response: the
+    server closed it as the request went out, and may or may not have read it. Not
+    sent again here; the caller may resend it under its rate limit."""
 
 
 class _Conn:
@@ -746,7 +752,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
 
         One cancel scope covers the whole exchange; its deadline is pushed forward
         after every write and read, so it bounds each silence by ``read_timeout``.
-        A reused connection closed before any response byte raises ``httpx.ReadError``
+        A reused connection closed before any response byte raises ``StaleConnection``
         (the server may have read the request: the caller decides whether to resend).
         """
         h = conn.h11
@@ -779,6 +785,8 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 except h11.LocalProtocolError as exc:
                     raise httpx.LocalProtocolError(str(exc), request=request) from exc
                 except _IO_ERRORS as exc:
+                    if reused:
+                        raise StaleConnection(_describe(exc), request=request) from exc
                     raise httpx.WriteError(_describe(exc), request=request) from exc
                 writing = False
                 now = trio.current_time()
@@ -802,12 +810,14 @@ class TrioTransport(httpx.AsyncBaseTransport):
                         try:
                             chunk = await conn.receive(after_send=not received)
                         except _IO_ERRORS as exc:
+                            if reused and not received:
+                                raise StaleConnection(_describe(exc), request=request) from exc
                             raise httpx.ReadError(_describe(exc), request=request) from exc
                         if not chunk:
                             if reused and not received:
                                 # A keep-alive connection the server closed as the
                                 # request went out: a lost connection, not a bad reply.
-                                raise httpx.ReadError(
+                                raise StaleConnection(
                                     "server closed the keep-alive connection without a response",
                                     request=request,
                                 )

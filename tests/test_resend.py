@@ -12,6 +12,7 @@ import socket
 import struct
 
 import trio
+import trio.testing
 
 import crawler
 
@@ -101,3 +102,43 @@ async def test_a_request_read_then_reset_is_retried_under_the_crawl_delay() -> N
     targets = [target for _, target in server.log]
     assert targets.count(b"/robots.txt") == 1
     assert len(targets) > 5
+
+
+async def test_a_lost_keep_alive_connection_costs_a_rate_slot_not_an_attempt(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A request lost with its reused connection is sent once more without spending the
+    URL's retries, and it waits for its rate slot like any request; a second loss is a
+    `reset` record."""
+    import httpx
+
+    from crawler._transport import StaleConnection
+
+    origin = "http://a.test"
+    hits: list[tuple[float, str]] = []
+    losses = {"/once": 1, "/twice": 2}
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        hits.append((trio.current_time(), path))
+        if losses.get(path, 0) > 0:
+            losses[path] -= 1
+            raise StaleConnection("server closed the keep-alive connection", request=request)
+        if path == "/":
+            return httpx.Response(200, html='<a href="/once">1</a><a href="/twice">2</a>')
+        return httpx.Response(200, html="<title>ok</title>")
+
+    config = crawler.CrawlConfig(
+        seeds=(f"{origin}/",), rate=1.0, burst=1, per_host=1, retries=0, obey_robots=False
+    )
+    with trio.fail_after(60):
+        async with crawler.open_crawl(config, transport=httpx.MockTransport(handle)) as crawl:
+            pages = {page.url: page async for page in crawl}
+    assert pages[f"{origin}/once"].status == 200  # resent, though retries=0
+    lost = pages[f"{origin}/twice"]
+    assert lost.error is not None and lost.error.kind == "reset"
+    assert [path for _, path in hits].count("/once") == 2
+    assert [path for _, path in hits].count("/twice") == 2
+    times = [when for when, _ in hits]
+    # One request a second, the resends included.
+    assert min(later - earlier for earlier, later in itertools.pairwise(times)) >= 1.0 - 1e-9
