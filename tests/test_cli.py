@@ -28,6 +28,7 @@ from crawler._config import (
     NoSeeds,
 )
 from crawler._version import __version__
+from tests._rawserver import ReceivedRequest, http_response, raw_server, responder
 from tests.siteserver import SiteServer, open_site_server
 from tests.test_output import SCHEMA_KEYS
 
@@ -461,6 +462,40 @@ async def test_verbose_logs_structured_lines(tmp_path: Path, small_site: SiteSer
     )
     records = [json.loads(line) for line in result.stderr.splitlines()]
     assert [r["msg"] for r in records if r["msg"] == "page"] == ["page", "page"]
+
+
+def _broken_page(request: ReceivedRequest) -> bytes:
+    if request.target == b"/robots.txt":
+        return http_response(b"", status=b"404 Not Found")
+    # Invalid UTF-8 and a surrogate reference in the title, raw bytes in headers.
+    body = b'<title>caf\xe9 \xed\xa0\x80 &#xD800; end</title><a href="/next\xff">next</a>'
+    headers = [
+        (b"Content-Type", b"text/html; charset=utf-8; x=\xff\xfe\x85"),  # \x85: U+0085
+        (b"X-Broken", b"\xed\xa0\x80"),
+    ]
+    return http_response(body, headers=headers)
+
+
+async def test_a_broken_page_is_written_and_logged(tmp_path: Path) -> None:
+    # Undecodable bytes in a page and its headers must not stop the crawl: the JSON
+    # Lines and the JSON log stay valid UTF-8, one line per page.
+    out = tmp_path / "pages.jsonl"
+    async with raw_server(responder(_broken_page)) as server:
+        result = await run_crawl(
+            f"{server.url}/", "--max-pages", "2", "--rate", "0", "-o", str(out),
+            "-v", "--log-format", "json", "-q",
+        )  # fmt: skip
+    assert result.code == 0, result.stderr
+    data = out.read_bytes()
+    pages = [json.loads(line) for line in data.decode("utf-8").split("\n")[:-1]]
+    assert len(pages) == 2
+    first = pages[0]
+    assert list(first) == SCHEMA_KEYS and first["status"] == 200
+    assert first["title"].startswith("caf") and first["title"].endswith("end")
+    assert first["content_type"].startswith("text/html; charset=utf-8")
+    assert b"\\u0085" in data and b"\xc2\x85" not in data  # a line breaker, escaped
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    assert [r["url"] for r in records if r["msg"] == "page"] == [p["url"] for p in pages]
 
 
 # ---------------------------------------------------------------------------

@@ -140,6 +140,73 @@ async def test_jsonl_line_breakers_and_bad_text_stay_inside_one_line(tmp_path: P
     assert "ünïcødé" in text  # not needlessly escaped
 
 
+_LINE_BREAKERS = str.maketrans({"\u2028": "\\u2028", "\u2029": "\\u2029", "\x85": "\\u0085"})
+
+
+def encode_with_json(page: Page) -> bytes:
+    """The JSON Lines encoder before orjson: the bytes the orjson one must keep."""
+    text = json.dumps(page_to_json(page), ensure_ascii=False, separators=(",", ":"))
+    return (text.translate(_LINE_BREAKERS) + "\n").encode("utf-8", "backslashreplace")
+
+
+_BROKEN = b"caf\xe9 \xff\xfe".decode("utf-8", "surrogateescape")  # 'caf\udce9 \udcff\udcfe'
+_PARIS = dt.timezone(dt.timedelta(hours=1))
+_SAME_BYTES_CASES: dict[str, dict[str, Any]] = {
+    "plain": {},
+    "utf-8 title": {"title": "Caf\u00e9 \u2014 \u65e5\u672c\u8a9e \U0001f600"},
+    "line breakers": {"title": "a\u2028b\u2029c\x85d \u2014 e", "content_type": "text/x\x85"},
+    "control chars": {"title": '\x00\x01\x08\t\n\x0c\r\x1f\x7f\x80 "q" \\ /'},
+    "slashes": {"links": ("http://example.com/a/b?c=d/e",)},
+    "small elapsed": {"elapsed": 0.0000123},
+    "smaller elapsed": {"elapsed": 0.000005},
+    "zero elapsed": {"elapsed": 0.0},
+    "long elapsed": {"elapsed": 123456.7890123},
+    "nan elapsed": {"elapsed": float("nan")},
+    "infinite elapsed": {"elapsed": float("inf")},
+    "negative elapsed": {"elapsed": -0.00002},
+    "whole second": {"fetched_at": WHEN.replace(microsecond=0)},
+    "other time zone": {"fetched_at": WHEN.astimezone(_PARIS)},
+    "naive time": {"fetched_at": WHEN.replace(tzinfo=None)},
+    "error": {"status": None, "error": PageError(ErrorKind.RESET, "peer reset \u00e9")},
+    "surrogateescape title": {"title": _BROKEN},
+    "surrogateescape header": {"content_type": "text/html; charset=" + _BROKEN},
+    "lone surrogate": {"title": "broken \ud800 page \u2028", "links": ("http://x/\udfff",)},
+    "surrogate in error": {"error": PageError(ErrorKind.OTHER, "bad \udc80")},
+}
+
+
+@pytest.mark.parametrize("case", list(_SAME_BYTES_CASES))
+def test_jsonl_line_bytes_are_those_of_json_dumps(case: str) -> None:
+    # orjson writes the line; what it spells differently (tiny floats, NaN, a zero
+    # microsecond, other zones) or refuses (lone surrogates) must not show.
+    page = make_page(5, **_SAME_BYTES_CASES[case])
+    line = _output._encode_line(page)
+    assert line == encode_with_json(page)
+    text = line.decode("utf-8")  # valid UTF-8, even with surrogates in the page
+    assert text.endswith("\n") and len(text.splitlines()) == 1
+    assert list(json.loads(text)) == SCHEMA_KEYS
+
+
+async def test_jsonl_surrogates_from_a_broken_page_do_not_stop_the_writer(
+    tmp_path: Path,
+) -> None:
+    # A title or header decoded with surrogateescape, or holding U+D800: orjson refuses
+    # them, the line is still written (escaped, as json.dumps did), and so are the next.
+    path = tmp_path / "pages.jsonl"
+    pages = [
+        make_page(0, title=_BROKEN, content_type="text/html; charset=" + _BROKEN),
+        make_page(1, title="x \ud800 y"),
+        make_page(2),
+    ]
+    async with JsonLinesWriter(path) as out:
+        for page in pages:
+            await out.write(page)
+    assert out.lines == 3
+    lines = read_lines(path)
+    assert [line["title"] for line in lines] == [_BROKEN, "x \ud800 y", "Page 2"]
+    assert b"caf\\udce9 \\udcff\\udcfe" in path.read_bytes()
+
+
 async def test_jsonl_concurrent_writers_are_batched_and_never_torn(tmp_path: Path) -> None:
     path = tmp_path / "pages.jsonl"
     big = tuple(f"http://example.com/{'x' * 200}/{k}" for k in range(500))
