@@ -9,6 +9,8 @@ import re
 import sys
 from typing import Any, Literal
 
+import orjson
+
 from ._page import Page
 
 __all__ = ["JsonFormatter", "LogfmtFormatter", "log_page", "setup_logging"]
@@ -63,9 +65,23 @@ class LogfmtFormatter(logging.Formatter):
         return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _record_fields(record).items())
 
 
+# Datetimes and dataclasses go to default=str, as json.dumps sends them.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        return json.dumps(_record_fields(record), default=str, separators=(",", ":"))
+        # With -v this runs per page: orjson takes ~1 us where json.dumps took ~10.
+        # Same text, but for floats under 1e-4 (1e-05 is 0.00001) and NaN (null).
+        fields = _record_fields(record)
+        try:
+            data: bytes | None = orjson.dumps(fields, default=str, option=_ORJSON_OPTIONS)
+        except orjson.JSONEncodeError:  # lone surrogates, ints past 64 bits, ...
+            data = None
+        if data is not None and data.isascii():
+            return data.decode("ascii")
+        # json.dumps escapes non-ASCII (ensure_ascii): the log stays 7-bit, as before.
+        return json.dumps(fields, default=str, separators=(",", ":"))
 
 
 def setup_logging(verbose: bool, log_format: Literal["logfmt", "json"] = "logfmt") -> None:

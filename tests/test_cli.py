@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
+import logging
 import os
 import re
 import signal
@@ -27,6 +29,8 @@ from crawler._config import (
     HostLimits,
     NoSeeds,
 )
+from crawler._logs import JsonFormatter, _record_fields
+from crawler._page import ErrorKind
 from crawler._version import __version__
 from tests._rawserver import ReceivedRequest, http_response, raw_server, responder
 from tests.siteserver import SiteServer, open_site_server
@@ -462,6 +466,22 @@ async def test_verbose_logs_structured_lines(tmp_path: Path, small_site: SiteSer
     )
     records = [json.loads(line) for line in result.stderr.splitlines()]
     assert [r["msg"] for r in records if r["msg"] == "page"] == ["page", "page"]
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"url": "http://example.com/", "status": 200, "elapsed": 0.0123, "ok": True},
+        {"title": "caf\u00e9 \u2028 \U0001f600", "error": None},
+        {"broken": "x\udcff \ud800"},
+        {"when": dt.datetime(2026, 1, 2, 3, 4, 5, tzinfo=dt.UTC), "big": 2**70},
+        {"kind": ErrorKind.TIMEOUT, "hosts": ("a", "b"), "nested": {"n": [1, 2.5]}},
+    ],
+)
+def test_json_log_lines_are_those_of_json_dumps(extra: dict[str, Any]) -> None:
+    record = logging.makeLogRecord({"name": "crawler.cli", "msg": "page", **extra})
+    expected = json.dumps(_record_fields(record), default=str, separators=(",", ":"))
+    assert JsonFormatter().format(record) == expected
 
 
 def _broken_page(request: ReceivedRequest) -> bytes:
