@@ -1,13 +1,14 @@
 """The hand-written baseline: the asyncio + aiohttp + aiolimiter crawler of the blog posts.
 
     python benchmarks/crawl_aiohttp.py SEED [SEED ...] -o out.jsonl \\
-        [--concurrency 32] [--per-host 32] [--rate 0] [--max-pages N]
+        [--concurrency 32] [--per-host 32] [--rate 0] [--max-pages N] [--ca-bundle CA]
 
 The recipe, kept as people write it (and as fast as it goes: ``resp.read()`` bytes
 straight into selectolax, no charset sniffing):
 
 * an ``asyncio.Queue`` of URLs and ``--concurrency`` worker tasks;
-* ``aiohttp.TCPConnector(limit=concurrency)`` for the global cap;
+* ``aiohttp.TCPConnector(limit=concurrency)`` for the global cap (with
+  ``ssl=ssl.create_default_context(cafile=CA)`` when ``--ca-bundle`` is given);
 * an ``asyncio.Semaphore(per_host)`` per host (``host:port``);
 * an ``aiolimiter.AsyncLimiter(rate, 1.0)`` per host when ``--rate`` is given;
 * selectolax for ``<a href>``, ``urllib.parse.urljoin`` + ``urldefrag`` to normalise,
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import ssl
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
@@ -45,6 +47,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--rate", type=float, default=0.0, help="requests/s per host, 0 = none")
     p.add_argument("--max-pages", type=int, default=None)
     p.add_argument("--timeout", type=float, default=30.0)
+    p.add_argument("--ca-bundle", default=None, help="PEM file of the CA to trust (HTTPS)")
     return p.parse_args(argv)
 
 
@@ -120,7 +123,9 @@ class Recipe:
     async def run(self) -> None:
         for seed in self.args.seeds:
             self.add(urldefrag(seed).url)
-        connector = aiohttp.TCPConnector(limit=self.args.concurrency)
+        ca = self.args.ca_bundle
+        tls = ssl.create_default_context(cafile=ca) if ca else True
+        connector = aiohttp.TCPConnector(limit=self.args.concurrency, ssl=tls)
         timeout = aiohttp.ClientTimeout(total=self.args.timeout)
         async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
             workers = [
