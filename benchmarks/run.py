@@ -9,12 +9,19 @@
    20 requests/s per host, burst 1, 2 in flight per host, by ours and by the recipe; the
    server's own log gives each host's achieved rate, densest window, shortest gap between
    request starts and peak concurrency.
-3. the limiter micro-benchmark ``benchmarks/bench_limiter.py``, when it exists.
-4. ``benchmarks/results/RESULTS.md`` (+ ``results.json``, ``throughput.png``,
-   ``politeness.png``, and ``profile.txt`` when ours misses a throughput target).
+3. HTTPS throughput: the same site served by nginx over TLS (a certificate from a
+   trustme CA), crawled by ours and by the recipe, both trusting that CA.
+4. broad polite crawl: ``tests.siteserver`` on 100 loopback ports (= hosts) with 50 ms
+   latency, every host's root a seed, each host limited to 2 requests/s, crawled for a
+   fixed time by ours, the recipe and Scrapy; requests/s against the ceiling (hosts x
+   rate) and each host's rate, densest windows and concurrency from the server's log.
+5. the limiter micro-benchmark ``benchmarks/bench_limiter.py``, when it exists.
+6. ``benchmarks/results/RESULTS.md`` (+ ``results.json``, ``throughput.png``,
+   ``politeness.png``, and ``profile.txt`` when ours misses a throughput target), headed
+   by the command that produced it and the headline: median and range over the rounds.
 
 ``--quick`` is a smoke run (2,000 pages, one round, Scrapy capped at 500 pages, short
-politeness runs, no micro-benchmark, no profile) that writes to
+politeness and broad runs, no micro-benchmark, no profile) that writes to
 ``benchmarks/work/results-quick/`` unless ``--results`` says otherwise.
 """
 
@@ -29,6 +36,7 @@ import math
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import socket
@@ -77,6 +85,15 @@ POLITE_HOSTS: Final = 4
 POLITE_LATENCY: Final = 0.02
 POLITE_WINDOWS: Final = (0.25, 0.5, 1.0, 2.0, 5.0)
 RATE_TOLERANCE: Final = 0.02
+TARGET_HTTPS_VS_AIOHTTP: Final = 1.5
+HTTPS_TOOLS: Final = ("ours", "aiohttp")
+BROAD_TOOLS: Final = ("ours", "aiohttp", "scrapy")
+BROAD_RATE: Final = 2.0
+BROAD_BURST: Final = 1
+BROAD_PER_HOST: Final = 1
+BROAD_LATENCY: Final = 0.05
+BROAD_CONCURRENCY: Final = 32
+TARGET_BROAD_CEILING: Final = 0.95
 CRAWL_TIMEOUT: Final = 1800.0
 MiB: Final = 1024 * 1024
 
@@ -104,22 +121,29 @@ def crawl_command(
     per_host: int,
     rate: float = 0.0,
     max_pages: int | None = None,
+    ca: Path | None = None,
 ) -> list[str]:
-    """The command line that makes ``tool`` crawl ``seeds`` into ``out`` (JSON Lines)."""
+    """The command line that makes ``tool`` crawl ``seeds`` into ``out`` (JSON Lines).
+
+    `rate`: requests/s per host (burst 1; Scrapy: ``DOWNLOAD_DELAY`` = 1 / rate).
+    `ca`: the CA bundle to trust for HTTPS (ours and the recipe)."""
     common = ["-o", str(out), "--concurrency", str(concurrency), "--per-host", str(per_host)]
+    tls = ["--ca-bundle", str(ca)] if ca is not None else []
+    if ca is not None and tool not in HTTPS_TOOLS:
+        raise ValueError(f"{tool} takes no CA bundle here")
     if tool == "ours":
         # `python -m crawler` is the `crawl` console command, run by this interpreter.
-        cmd = [PY, "-m", "crawler", *seeds, *common, "--rate", f"{rate:g}", "-q"]
+        cmd = [PY, "-m", "crawler", *seeds, *common, "--rate", f"{rate:g}", "-q", *tls]
         cmd += ["--burst", str(POLITE_BURST)] if rate else []
     elif tool == "ours-lib":
         cmd = [PY, str(HERE / "crawl_ours.py"), *seeds, *common, "--rate", f"{rate:g}"]
         cmd += ["--burst", str(POLITE_BURST)] if rate else []
     elif tool == "aiohttp":
-        cmd = [PY, str(HERE / "crawl_aiohttp.py"), *seeds, *common, "--rate", f"{rate:g}"]
+        cmd = [PY, str(HERE / "crawl_aiohttp.py"), *seeds, *common, "--rate", f"{rate:g}", *tls]
     elif tool == "scrapy":
-        if rate or len(seeds) != 1:
-            raise ValueError("the Scrapy spider takes one seed and no rate")
-        cmd = [PY, str(HERE / "crawl_scrapy.py"), seeds[0], *common]
+        cmd = [PY, str(HERE / "crawl_scrapy.py"), *seeds, *common]
+        cmd += ["--download-delay", f"{1 / rate:g}"] if rate else []
+        cmd += ["--broad"] if len(seeds) > 1 else []
     else:
         raise ValueError(f"unknown tool {tool!r}")
     if max_pages is not None:
@@ -290,21 +314,65 @@ def find_nginx() -> str | None:
     return "/usr/sbin/nginx" if os.access("/usr/sbin/nginx", os.X_OK) else None
 
 
+NGINX_TLS: Final = """ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_session_cache shared:SSL:1m;"""
+
+
+@dataclass
+class TlsFiles:
+    ca: Path
+    cert: Path
+    key: Path
+
+
+def make_tls_files() -> TlsFiles:
+    """A trustme CA and a certificate for 127.0.0.1 signed by it, written to work/tls/."""
+    import trustme
+
+    tls = WORK / "tls"
+    shutil.rmtree(tls, ignore_errors=True)
+    tls.mkdir(parents=True)
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    files = TlsFiles(ca=tls / "ca.pem", cert=tls / "server.pem", key=tls / "server.key")
+    ca.cert_pem.write_to_path(str(files.ca))
+    cert.private_key_pem.write_to_path(str(files.key))
+    for blob in cert.cert_chain_pems:
+        blob.write_to_path(str(files.cert), append=True)
+    return files
+
+
 @contextmanager
-def site_server(root: Path, *, allow_nginx: bool = True) -> Iterator[tuple[str, str]]:
-    """Serve ``root`` on loopback; yield (base URL, description of the server)."""
+def site_server(
+    root: Path, *, allow_nginx: bool = True, tls: TlsFiles | None = None
+) -> Iterator[tuple[str, str]]:
+    """Serve ``root`` on loopback; yield (base URL, description of the server).
+
+    `tls`: serve HTTPS with that certificate (nginx only)."""
     port = free_port()
     nginx = find_nginx() if allow_nginx else None
-    work = WORK / "nginx"
+    work = WORK / ("nginx-tls" if tls else "nginx")
+    if tls is not None and not nginx:
+        raise RuntimeError("HTTPS needs nginx")
     if nginx:
         shutil.rmtree(work, ignore_errors=True)
         work.mkdir(parents=True)
         conf = work / "nginx.conf"
         user = "user root;" if os.geteuid() == 0 else ""
-        conf.write_text(NGINX_CONF.format(user=user, work=work, port=port, root=root))
+        text = NGINX_CONF.format(user=user, work=work, port=port, root=root)
+        if tls is not None:
+            listen = f"listen 127.0.0.1:{port} "
+            text = text.replace(listen, listen + "ssl ", 1).replace(
+                f"root {root};",
+                NGINX_TLS.format(cert=tls.cert, key=tls.key) + f"\n        root {root};",
+                1,
+            )
+        conf.write_text(text)
         cmd = [nginx, "-p", str(work), "-e", str(work / "error.log"), "-c", str(conf)]
         version = subprocess.run([nginx, "-v"], capture_output=True, text=True, check=False)
         description = f"{version.stderr.strip().removeprefix('nginx version: ')}, 1 worker"
+        description += ", TLS (trustme CA)" if tls else ""
     else:
         cmd = [PY, str(HERE / "site.py"), "serve", str(root), "--port", str(port)]
         why = "nginx not found" if allow_nginx else "--python-server"
@@ -314,7 +382,7 @@ def site_server(root: Path, *, allow_nginx: bool = True) -> Iterator[tuple[str, 
         proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=err, stderr=err)
     try:
         wait_for_port(port, proc)
-        yield f"http://127.0.0.1:{port}/", description
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{port}/", description
     finally:
         stop(proc, signal.SIGQUIT if nginx else signal.SIGTERM)
 
@@ -360,6 +428,28 @@ class Run:
 
 
 @dataclass
+class Spread:
+    """Median and range (min-max) of one figure over the rounds."""
+
+    median: float
+    low: float
+    high: float
+    n: int
+
+    @classmethod
+    def of(cls, values: Sequence[float]) -> Spread:
+        if not values:
+            return cls(math.nan, math.nan, math.nan, 0)
+        return cls(statistics.median(values), min(values), max(values), len(values))
+
+    def text(self, spec: str = ",.0f", unit: str = "") -> str:
+        median = f"{self.median:{spec}}{unit}"
+        if self.n < 2:
+            return median
+        return f"{median} ({self.low:{spec}}{unit}\u2013{self.high:{spec}}{unit})"
+
+
+@dataclass
 class Summary:
     tool: str
     runs: int
@@ -374,21 +464,38 @@ class Summary:
     fixed_rss_mib: float
     complete: bool
     pages_per_s_all: list[float] = field(default_factory=list)
+    pages_per_s_spread: Spread | None = None
+    net_spread: Spread | None = None
+    cpu_spread: Spread | None = None
 
 
 def run_throughput(
-    base: str, pages: int, rounds: int, scrapy_pages: int, concurrency: int, fixed_reps: int
+    base: str,
+    pages: int,
+    rounds: int,
+    scrapy_pages: int,
+    concurrency: int,
+    fixed_reps: int,
+    *,
+    tools: Sequence[str] = TOOLS,
+    ca: Path | None = None,
+    name: str = "throughput",
 ) -> tuple[list[Run], dict[str, Measured]]:
-    out_dir = WORK / "throughput"
+    out_dir = WORK / name
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
     # Fixed cost (start-up, robots.txt, one page, shut-down): crawl /empty.html alone.
     fixed: dict[str, Measured] = {}
     for rep in range(fixed_reps):
-        for tool in TOOLS:
+        for tool in tools:
             out = out_dir / f"fixed-{tool}.jsonl"
             cmd = crawl_command(
-                tool, [base + "empty.html"], out, concurrency=concurrency, per_host=concurrency
+                tool,
+                [base + "empty.html"],
+                out,
+                concurrency=concurrency,
+                per_host=concurrency,
+                ca=ca,
             )
             m = measure(cmd, out.with_suffix(".stderr"))
             if m.returncode != 0 or read_output(out).ok != 1:
@@ -398,11 +505,17 @@ def run_throughput(
             log(f"  fixed cost {tool:8} rep {rep + 1}: {m.wall:.2f} s wall, {m.cpu:.2f} s CPU")
     runs: list[Run] = []
     for rnd in range(1, rounds + 1):
-        for tool in TOOLS:
+        for tool in tools:
             out = out_dir / f"{tool}-{rnd}.jsonl"
             cap = scrapy_pages if tool == "scrapy" else None
             cmd = crawl_command(
-                tool, [base], out, concurrency=concurrency, per_host=concurrency, max_pages=cap
+                tool,
+                [base],
+                out,
+                concurrency=concurrency,
+                per_host=concurrency,
+                max_pages=cap,
+                ca=ca,
             )
             m = measure(cmd, out.with_suffix(".stderr"))
             got = read_output(out)
@@ -429,6 +542,29 @@ def run_throughput(
     return runs, fixed
 
 
+def net_rate(run: Run, fixed: dict[str, Measured]) -> float:
+    """Pages per second of wall time less the fixed cost, which is never counted as more
+    than half the run (on a small site, noise could make it the whole run)."""
+    return run.lines / max(run.wall - fixed[run.tool].wall, run.wall / 2)
+
+
+def round_ratios(
+    runs: Sequence[Run], fixed: dict[str, Measured], num: str, den: str, *, net: bool = True
+) -> Spread:
+    """``num``'s pages/s over ``den``'s, round by round (same round: same conditions)."""
+    by_round: dict[tuple[int, str], Run] = {(r.round, r.tool): r for r in runs}
+    ratios = []
+    for rnd in sorted({r.round for r in runs}):
+        a, b = by_round.get((rnd, num)), by_round.get((rnd, den))
+        if a is None or b is None:
+            continue
+        if net:
+            ratios.append(net_rate(a, fixed) / net_rate(b, fixed))
+        else:
+            ratios.append((a.lines / a.wall) / (b.lines / b.wall))
+    return Spread.of(ratios)
+
+
 def summarise(runs: Sequence[Run], fixed: dict[str, Measured]) -> dict[str, Summary]:
     out: dict[str, Summary] = {}
     for tool in TOOLS:
@@ -437,7 +573,8 @@ def summarise(runs: Sequence[Run], fixed: dict[str, Measured]) -> dict[str, Summ
             continue
         f = fixed[tool]
         rates = [r.lines / r.wall for r in mine]
-        net = [r.lines / max(r.wall - f.wall, 1e-9) for r in mine]
+        net = [net_rate(r, fixed) for r in mine]
+        cpu = [1000 * r.cpu / max(r.lines, 1) for r in mine]
         out[tool] = Summary(
             tool=tool,
             runs=len(mine),
@@ -445,13 +582,16 @@ def summarise(runs: Sequence[Run], fixed: dict[str, Measured]) -> dict[str, Summ
             wall=statistics.median(r.wall for r in mine),
             pages_per_s=statistics.median(rates),
             net_pages_per_s=statistics.median(net),
-            cpu_ms_per_page=statistics.median(1000 * r.cpu / r.lines for r in mine),
+            cpu_ms_per_page=statistics.median(cpu),
             rss_mib=statistics.median(r.rss_kib / 1024 for r in mine),
             fixed_wall=f.wall,
             fixed_cpu=f.cpu,
             fixed_rss_mib=f.rss_kib / 1024,
             complete=all(r.complete for r in mine),
             pages_per_s_all=rates,
+            pages_per_s_spread=Spread.of(rates),
+            net_spread=Spread.of(net),
+            cpu_spread=Spread.of(cpu),
         )
     return out
 
@@ -546,6 +686,190 @@ def run_politeness(pages_per_host: int) -> list[PoliteRun]:
                 f" max {h.max_1s} in 1 s, min gap {h.min_gap_ms:.1f} ms,"
                 f" peak concurrency {h.peak_concurrency}"
             )
+    return results
+
+
+# --------------------------------------------------------------------------------------
+# Broad polite crawl
+
+
+@dataclass
+class BroadRun:
+    tool: str
+    hosts: int
+    seconds: float
+    """The measured window: from the first request the server saw, this long."""
+    requests: int
+    """Requests started in the window, on all hosts (robots.txt included)."""
+    host_rates: list[float]
+    """Per host: requests started in the window / its length."""
+    max_1s: int
+    """The most request starts in any 1 s window, on any host."""
+    window_excess: int
+    """Largest (count in a window W) - (burst + rate x W) on any host; <= 0 is good."""
+    hosts_over: int
+    """Hosts with some window over the bound."""
+    peak_concurrency: int
+    """The most requests in flight at once on any host."""
+    idle_hosts: int
+    """Hosts that got no request in the window."""
+    server_cpu: float
+    """The server's CPU seconds over the crawl (it must not be the bottleneck)."""
+    returncode: int
+    error: str | None = None
+    wall: float = 0.0
+    """The crawl's wall time, start-up included (the server's CPU is over this)."""
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.requests / self.seconds
+
+    @property
+    def ceiling(self) -> float:
+        return self.hosts * BROAD_RATE
+
+    @property
+    def violations(self) -> int:
+        over_conc = self.peak_concurrency > BROAD_PER_HOST
+        return self.hosts_over + (1 if over_conc else 0)
+
+
+def _proc_cpu(pid: int) -> float:
+    """User + system CPU seconds of a live process, from /proc (0.0 where there is none)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def broad_server(
+    log_path: Path, hosts: int, pages: int
+) -> Iterator[tuple[list[int], subprocess.Popen[str]]]:
+    """``tests.siteserver`` on ``hosts`` ports with BROAD_LATENCY, in one process.
+
+    No cross links: every host's root is a seed, so every host has work from the start
+    and pages carry 10 links, not one per host."""
+    log_path.unlink(missing_ok=True)
+    cmd = [PY, "-m", "tests.siteserver", "--ports", str(hosts), "--pages", str(pages)]
+    cmd += ["--latency", f"{BROAD_LATENCY:g}", "--log", str(log_path), "--no-cross-links"]
+    with open(log_path.with_suffix(".stderr"), "wb") as err:
+        proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=err, text=True
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"tests.siteserver did not start (see {err.name})")
+        yield json.loads(line)["ports"], proc
+    finally:
+        stop(proc)
+        if proc.stdout is not None:
+            proc.stdout.close()
+
+
+def _stop_after(log_path: Path, seconds: float) -> Callable[[], dict[str, Any] | None]:
+    """A `measure` stop_when: true `seconds` (+ 1 s of margin) after the first request."""
+    first: list[float] = []
+
+    def check() -> dict[str, Any] | None:
+        if not first:
+            if log_path.exists() and log_path.stat().st_size > 0:
+                first.append(time.monotonic())
+            return None
+        if time.monotonic() >= first[0] + seconds + 1.0:
+            return {"window": seconds}
+        return None
+
+    return check
+
+
+def broad_figures(
+    tool: str,
+    records: Sequence[RequestRecord],
+    ports: Sequence[int],
+    seconds: float,
+    server_cpu: float,
+    returncode: int,
+) -> BroadRun:
+    t0 = min(r.start for r in records)
+    inside = [r for r in records if r.start < t0 + seconds]
+    per_host: dict[int, list[RequestRecord]] = {p: [] for p in ports}
+    for r in inside:
+        per_host.setdefault(r.port, []).append(r)
+    excess: list[int] = []
+    for mine in per_host.values():
+        excess.append(
+            max(
+                max_in_window(mine, w) - math.floor(BROAD_BURST + BROAD_RATE * w + 1e-9)
+                for w in POLITE_WINDOWS
+            )
+            if mine
+            else -BROAD_BURST
+        )
+    return BroadRun(
+        tool=tool,
+        hosts=len(ports),
+        seconds=seconds,
+        requests=len(inside),
+        host_rates=[len(mine) / seconds for mine in per_host.values()],
+        max_1s=max(max_in_window(mine, 1.0) for mine in per_host.values()),
+        window_excess=max(excess),
+        hosts_over=sum(1 for e in excess if e > 0),
+        peak_concurrency=max(max_concurrency(mine) for mine in per_host.values()),
+        idle_hosts=sum(1 for mine in per_host.values() if not mine),
+        server_cpu=server_cpu,
+        returncode=returncode,
+    )
+
+
+def run_broad(hosts: int, seconds: float) -> list[BroadRun]:
+    out_dir = WORK / "broad"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    pages = math.ceil(BROAD_RATE * seconds * 1.5) + 20  # more than any host can get
+    results: list[BroadRun] = []
+    for tool in BROAD_TOOLS:
+        log_path = out_dir / f"{tool}-server.jsonl"
+        out = out_dir / f"{tool}.jsonl"
+        with broad_server(log_path, hosts, pages) as (ports, server):
+            seeds = [f"http://127.0.0.1:{p}/" for p in ports]
+            cmd = crawl_command(
+                tool,
+                seeds,
+                out,
+                concurrency=BROAD_CONCURRENCY,
+                per_host=BROAD_PER_HOST,
+                rate=BROAD_RATE,
+            )
+            cpu_before = _proc_cpu(server.pid)
+            m = measure(
+                cmd,
+                out.with_suffix(".stderr"),
+                timeout=seconds + 120,
+                stop_when=_stop_after(log_path, seconds),
+            )
+            server_cpu = _proc_cpu(server.pid) - cpu_before
+        records = load_log(log_path) if log_path.exists() else []
+        if "window" not in m.extra or not records:
+            error = f"exit status {m.returncode} before the window ended; see {out}.stderr"
+            log(f"  !! {tool} broad crawl failed: {error}")
+            results.append(
+                BroadRun(tool, hosts, seconds, 0, [], 0, 0, 0, 0, hosts, server_cpu,
+                         m.returncode, error)
+            )  # fmt: skip
+            continue
+        run = broad_figures(tool, records, ports, seconds, server_cpu, m.returncode)
+        run.wall = m.wall
+        results.append(run)
+        log(
+            f"  {tool:8} {run.requests} requests in {seconds:g} s = {run.requests_per_s:.1f}/s"
+            f" ({100 * run.requests_per_s / run.ceiling:.1f}% of {run.ceiling:g}/s),"
+            f" max {run.max_1s} in 1 s on a host, over bound on {run.hosts_over} hosts,"
+            f" peak concurrency {run.peak_concurrency}, server CPU {server_cpu:.1f} s"
+        )
     return results
 
 
@@ -774,9 +1098,75 @@ def loadavg() -> str:
 # Report
 
 
-def _fmt_ratio(value: float, target: float, at_least: bool) -> tuple[str, str]:
-    met = value >= target if at_least else value <= target
-    return f"{value:.2f}x", "yes" if met else "**no**"
+@dataclass
+class Throughput:
+    """One throughput part (plain HTTP or HTTPS): its runs and their summary."""
+
+    server: str
+    runs: list[Run]
+    fixed: dict[str, Measured]
+    summary: dict[str, Summary]
+
+
+def _met(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def headline_rows(
+    plain: Throughput | None, https: Throughput | None, broad: Sequence[BroadRun]
+) -> list[tuple[str, str, str, str]]:
+    """(figure, median (min-max) over the rounds, target, met) for the headline table."""
+    rows: list[tuple[str, str, str, str]] = []
+
+    def part(t: Throughput, prefix: str, targets: Sequence[tuple[str, float]]) -> None:
+        for tool in ("ours", "aiohttp", "scrapy"):
+            s = t.summary.get(tool)
+            if s is not None and s.net_spread is not None:
+                rows.append((f"{prefix}{LABELS[tool]}, pages/s net", s.net_spread.text(), "", ""))
+        for other, target in targets:
+            if {"ours", other} <= t.summary.keys():
+                ratio = round_ratios(t.runs, t.fixed, "ours", other)
+                rows.append(
+                    (
+                        f"{prefix}ours / {LABELS[other]}, pages/s net",
+                        ratio.text(".2f", "x"),
+                        f">= {target:g}x",
+                        _met(ratio.median >= target),
+                    )
+                )
+
+    if plain is not None:
+        part(plain, "", [("aiohttp", TARGET_VS_AIOHTTP), ("scrapy", TARGET_VS_SCRAPY)])
+    if https is not None:
+        part(https, "HTTPS: ", [("aiohttp", TARGET_HTTPS_VS_AIOHTTP)])
+    for run in broad:
+        if run.error is not None:
+            rows.append((f"broad polite crawl: {LABELS[run.tool]}", "failed", "", ""))
+            continue
+        share = run.requests_per_s / run.ceiling
+        figure = (
+            f"{100 * share:.1f}% ({run.requests_per_s:.1f} of {run.ceiling:g} req/s),"
+            f" {run.violations} violation(s)"
+        )
+        target, met = "", ""
+        if run.tool == "ours":
+            target = f">= {100 * TARGET_BROAD_CEILING:g}%, no violation"
+            met = _met(share >= TARGET_BROAD_CEILING and run.violations == 0)
+        rows.append((f"broad polite crawl: {LABELS[run.tool]}", figure, target, met))
+    return rows
+
+
+def console_table(rows: Sequence[tuple[str, str, str, str]]) -> str:
+    header = ("figure", "median (min\u2013max)", "target", "met")
+    table = [header, *((a, b, c, d.replace("*", "")) for a, b, c, d in rows)]
+    widths = [max(len(r[i].replace("`", "")) for r in table) for i in range(4)]
+    lines = []
+    for i, row in enumerate(table):
+        cells = [cell.replace("`", "").ljust(w) for cell, w in zip(row, widths, strict=True)]
+        lines.append("  ".join(cells).rstrip())
+        if i == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
 
 
 def render(
@@ -790,13 +1180,40 @@ def render(
     profiles: Sequence[Profile],
     loads: tuple[str, str],
     started: str,
+    *,
+    command: str,
+    headline: Sequence[tuple[str, str, str, str]],
+    fixed: dict[str, Measured] | None = None,
+    https: Throughput | None = None,
+    https_note: str | None = None,
+    broad: Sequence[BroadRun] = (),
 ) -> str:
     md: list[str] = ["# Benchmark results", ""]
+    md += [f"Command: `{command}`", ""]
+    if args.quick:
+        md += [
+            "**Quick figures** (`--quick`: a smoke run, one round on a small site, short",
+            "runs): they check that the suite works, they are not the headline.",
+            "",
+        ]
     md.append(
-        f"Produced by `python benchmarks/run.py{' --quick' if args.quick else ''}`"
-        f" ({args.rounds} round(s), {args.pages:,}-page site, Scrapy capped at"
-        f" {args.scrapy_pages:,} pages) on {started}."
+        f"Produced on {started}: {args.rounds} round(s), {args.pages:,}-page site, Scrapy"
+        f" capped at {args.scrapy_pages:,} pages."
     )
+    if headline:
+        md += [
+            "",
+            "## Headline",
+            "",
+            f"Median and, after it, the range (min-max) over the {args.rounds} round(s) of the",
+            "throughput runs (a ratio is taken within each round, then its median and range;",
+            "pages/s *net* leaves out each command's start-up and shut-down). The broad polite",
+            "crawl is one run per crawler.",
+            "",
+            "| figure | median (min-max) | target | met |",
+            "| --- | --- | --- | --- |",
+        ]
+        md += [f"| {a} | {b} | {c} | {d} |" for a, b, c, d in headline]
     md += ["", "## Machine", "", "| | |", "| --- | --- |"]
     for key, value in info.items():
         md.append(f"| {key} | {value} |")
@@ -818,8 +1235,10 @@ def render(
             "Each run is a fresh process; wall time, CPU (user + sys) and peak RSS come from",
             "`os.wait4` on that process. *Fixed cost* is the same command crawling one",
             "unlinked page (start-up, robots.txt, shut-down); *pages/s net* divides by the",
-            "wall time minus that, which matters for Scrapy's shorter capped run. Medians",
-            f"over {args.rounds} interleaved round(s).",
+            "wall time minus that (at most half of it: on a small site, noise could make the",
+            "fixed cost the whole run), which matters for Scrapy's shorter capped run. Medians",
+            f"over {args.rounds} interleaved round(s), the range (min-max) after them; a ratio",
+            "of pages/s is taken within each round, then its median and range.",
             "",
             "| crawler | pages | wall s | pages/s | pages/s net | CPU ms/page | peak RSS MiB"
             " | fixed cost s | complete |",
@@ -827,24 +1246,33 @@ def render(
         ]
         for tool, s in summary.items():
             md.append(
-                f"| {LABELS[tool]} | {s.pages:,.0f} | {s.wall:.2f} | {s.pages_per_s:,.0f}"
-                f" | {s.net_pages_per_s:,.0f} | {s.cpu_ms_per_page:.3f} | {s.rss_mib:.1f}"
+                f"| {LABELS[tool]} | {s.pages:,.0f} | {s.wall:.2f}"
+                f" | {Spread.of(s.pages_per_s_all).text()}"
+                f" | {s.net_spread.text() if s.net_spread else '?'}"
+                f" | {s.cpu_spread.text('.3f') if s.cpu_spread else '?'} | {s.rss_mib:.1f}"
                 f" | {s.fixed_wall:.2f} | {'yes' if s.complete else '**no**'} |"
             )
-        if {"ours", "aiohttp", "scrapy"} <= summary.keys():
-            o, a, sc = summary["ours"], summary["aiohttp"], summary["scrapy"]
-            rows = [
+        if {"ours", "aiohttp", "scrapy"} <= summary.keys() and fixed is not None:
+            o, a = summary["ours"], summary["aiohttp"]
+
+            def per_round(num: str, den: str) -> tuple[Spread, float]:
+                net = round_ratios(runs, fixed, num, den)
+                return net, round_ratios(runs, fixed, num, den, net=False).median
+
+            vs_aiohttp, vs_aiohttp_wall = per_round("ours", "aiohttp")
+            vs_scrapy, vs_scrapy_wall = per_round("ours", "scrapy")
+            rows: list[tuple[str, Spread | float, float, float | None, bool]] = [
                 (
                     "pages/s net, ours / aiohttp",
-                    o.net_pages_per_s / a.net_pages_per_s,
-                    o.pages_per_s / a.pages_per_s,
+                    vs_aiohttp,
+                    vs_aiohttp_wall,
                     TARGET_VS_AIOHTTP,
                     True,
                 ),
                 (
                     "pages/s net, ours / Scrapy",
-                    o.net_pages_per_s / sc.net_pages_per_s,
-                    o.pages_per_s / sc.pages_per_s,
+                    vs_scrapy,
+                    vs_scrapy_wall,
                     TARGET_VS_SCRAPY,
                     True,
                 ),
@@ -865,11 +1293,12 @@ def render(
             ]
             lib = summary.get("ours-lib")
             if lib is not None:
+                lib_vs, lib_vs_wall = per_round("ours-lib", "aiohttp")
                 rows += [
                     (
                         "pages/s net, ours via the library / aiohttp",
-                        lib.net_pages_per_s / a.net_pages_per_s,
-                        lib.pages_per_s / a.pages_per_s,
+                        lib_vs,
+                        lib_vs_wall,
                         None,
                         True,
                     ),
@@ -883,14 +1312,16 @@ def render(
                 ]
             md += [
                 "",
-                "| ratio | measured | (with start-up) | target | met |",
+                "| ratio | measured, median (min-max) | (with start-up) | target | met |",
                 "| --- | ---: | ---: | ---: | --- |",
             ]
-            for name, ratio, wall_ratio, target, at_least in rows:
+            for name, measured, wall_ratio, target, at_least in rows:
+                ratio = measured if isinstance(measured, Spread) else Spread.of([measured])
+                shown = ratio.text(".2f", "x")
                 if target is None:
-                    md.append(f"| {name} | {ratio:.2f}x | {wall_ratio:.2f}x | (diagnostic) | |")
+                    md.append(f"| {name} | {shown} | {wall_ratio:.2f}x | (diagnostic) | |")
                     continue
-                shown, met = _fmt_ratio(ratio, target, at_least)
+                met = _met(ratio.median >= target if at_least else ratio.median <= target)
                 sign = ">=" if at_least else "<="
                 md.append(f"| {name} | {shown} | {wall_ratio:.2f}x | {sign} {target:g}x | {met} |")
             md += [
@@ -916,8 +1347,57 @@ def render(
                 f" | {r.returncode} |"
             )
         md += ["", "![throughput](throughput.png)"]
+    if https is not None or https_note is not None:
+        md += ["", "## 2. HTTPS throughput", ""]
+    if https_note is not None:
+        md.append(https_note)
+    if https is not None:
+        md += [
+            "The same site and the same crawl (concurrency 32, 32 per host, no rate limit),",
+            f"served over TLS by {https.server}: the CA and the",
+            "certificate for 127.0.0.1 are made with trustme and written to",
+            "`benchmarks/work/tls/`. Ours runs `python -m crawler --ca-bundle CA`; the recipe",
+            "passes `ssl.create_default_context(cafile=CA)` to its `TCPConnector`. HTTP/1.1",
+            "and keep-alive for both. Median (min-max) over the rounds.",
+            "",
+            "| crawler | pages | pages/s | pages/s net | CPU ms/page | peak RSS MiB | complete |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        ]
+        for tool, s in https.summary.items():
+            assert s.pages_per_s_spread and s.net_spread and s.cpu_spread
+            md.append(
+                f"| {LABELS[tool]} | {s.pages:,.0f} | {s.pages_per_s_spread.text()}"
+                f" | {s.net_spread.text()} | {s.cpu_spread.text('.3f')} | {s.rss_mib:.1f}"
+                f" | {'yes' if s.complete else '**no**'} |"
+            )
+        if {"ours", "aiohttp"} <= https.summary.keys():
+            https_ratio = round_ratios(https.runs, https.fixed, "ours", "aiohttp")
+            cpu = Spread.of(
+                [
+                    (a.cpu / max(a.lines, 1)) / (o.cpu / max(o.lines, 1))
+                    for o in https.runs
+                    for a in https.runs
+                    if o.tool == "ours" and a.tool == "aiohttp" and o.round == a.round
+                ]
+            )
+            md += [
+                "",
+                "| ratio | median (min-max) | target | met |",
+                "| --- | --- | ---: | --- |",
+                f"| pages/s net, ours / aiohttp | {https_ratio.text('.2f', 'x')}"
+                f" | >= {TARGET_HTTPS_VS_AIOHTTP:g}x"
+                f" | {_met(https_ratio.median >= TARGET_HTTPS_VS_AIOHTTP)} |",
+                f"| CPU per page, aiohttp / ours | {cpu.text('.2f', 'x')} | (diagnostic) | |",
+            ]
+        md += ["", "| round | crawler | pages | wall s | pages/s | CPU s | exit |"]
+        md += ["| ---: | --- | ---: | ---: | ---: | ---: | ---: |"]
+        for r in https.runs:
+            md.append(
+                f"| {r.round} | {r.tool} | {r.lines:,} | {r.wall:.2f} | {r.lines / r.wall:,.0f}"
+                f" | {r.cpu:.2f} | {r.returncode} |"
+            )
     if polite:
-        md += ["", "## 2. Politeness accuracy", ""]
+        md += ["", "## 3. Politeness accuracy", ""]
         md += [
             f"{POLITE_HOSTS} loopback hosts (ports of `tests.siteserver`, {POLITE_LATENCY * 1000:g}"
             f" ms latency per request), {POLITE_RATE:g} requests/s per host, burst"
@@ -966,7 +1446,60 @@ def render(
                 f" | {'yes' if conc <= POLITE_PER_HOST else '**no**'} |"
             )
         md += ["", "![politeness](politeness.png)"]
-    md += ["", "## 3. Limiter micro-benchmark", ""]
+    if broad:
+        md += ["", "## 4. Broad polite crawl", ""]
+        first = broad[0]
+        md += [
+            f"{first.hosts} loopback ports of one `tests.siteserver` process (= {first.hosts}"
+            f" hosts), {BROAD_LATENCY * 1000:g} ms",
+            "latency per request, every host's `/` a seed (so every host has work from the",
+            f"start), each host limited to {BROAD_RATE:g} requests/s: ours with `--rate"
+            f" {BROAD_RATE:g} --burst {BROAD_BURST} --per-host {BROAD_PER_HOST}",
+            f"--concurrency {BROAD_CONCURRENCY}`; the recipe with `AsyncLimiter({BROAD_RATE:g}, 1)`"
+            f" + `Semaphore({BROAD_PER_HOST})` per host and",
+            f"{BROAD_CONCURRENCY} workers; Scrapy with `DOWNLOAD_DELAY = {1 / BROAD_RATE:g}`"
+            f" (no jitter), `CONCURRENT_REQUESTS_PER_DOMAIN = {BROAD_PER_HOST}`,",
+            f"`CONCURRENT_REQUESTS = {BROAD_CONCURRENCY}` and one download slot per port. Each"
+            f" crawls for {first.seconds:g} s from the first",
+            "request the server sees; the figures are those of that window, from the server's",
+            "log (robots.txt requests included: they count against a host's rate).",
+            f"The ceiling is hosts x rate = {first.ceiling:g} requests/s. The bound for a window"
+            f" W on one host is burst + rate x W (= {BROAD_BURST + BROAD_RATE:g} for W = 1 s,",
+            "burst 1 as ours is set); *violations* = hosts with a window over the bound, plus",
+            f"one if any host had more than {BROAD_PER_HOST} request(s) in flight. The server's"
+            " CPU is there to show it was not the bottleneck. A share above 100% is the burst:",
+            "a host may get burst + rate x W requests in W seconds, not rate x W.",
+            "",
+            "| crawler | requests/s | of the ceiling | per-host rate median (min-max) |"
+            " hosts idle | max in 1 s on a host | worst excess | hosts over | peak per-host"
+            " concurrency | server CPU |",
+            "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for b in broad:
+            if b.error is not None:
+                md.append(f"| {LABELS[b.tool]} | failed: {b.error} |||||||||")
+                continue
+            rates = Spread.of(b.host_rates)
+            md.append(
+                f"| {LABELS[b.tool]} | {b.requests_per_s:.1f}"
+                f" | {100 * b.requests_per_s / b.ceiling:.1f}%"
+                f" | {rates.text('.2f', '/s')} | {b.idle_hosts} | {b.max_1s}"
+                f" | {b.window_excess:+d} | {b.hosts_over} | {b.peak_concurrency}"
+                f" | {100 * b.server_cpu / max(b.wall, 1e-9):.0f}% |"
+            )
+        ours_broad = next((r for r in broad if r.tool == "ours" and r.error is None), None)
+        if ours_broad is not None:
+            share = ours_broad.requests_per_s / ours_broad.ceiling
+            md += [
+                "",
+                "| target (ours) | measured | met |",
+                "| --- | --- | --- |",
+                f"| >= {100 * TARGET_BROAD_CEILING:g}% of the ceiling | {100 * share:.1f}%"
+                f" | {_met(share >= TARGET_BROAD_CEILING)} |",
+                f"| no politeness violation | {ours_broad.violations}"
+                f" | {_met(ours_broad.violations == 0)} |",
+            ]
+    md += ["", "## 5. Limiter micro-benchmark", ""]
     if limiter is None:
         md.append(
             "Not run: " + ("skipped by --quick." if args.quick else "bench_limiter.py not found.")
@@ -1082,7 +1615,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--polite-pages", type=int, default=None, help="pages per host (default 200 = ~10 s)"
     )
     p.add_argument("--no-throughput", dest="throughput", action="store_false")
+    p.add_argument("--no-https", dest="https", action="store_false", help="skip HTTPS")
     p.add_argument("--no-politeness", dest="politeness", action="store_false")
+    p.add_argument(
+        "--no-broad", dest="broad", action="store_false", help="skip the broad polite crawl"
+    )
+    p.add_argument("--broad-hosts", type=int, default=100, help="hosts (ports) of the broad crawl")
+    p.add_argument(
+        "--broad-seconds", type=float, default=None, help="length of each broad crawl (25 s)"
+    )
     p.add_argument("--no-limiter", dest="limiter", action="store_false")
     p.add_argument(
         "--profile",
@@ -1098,11 +1639,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args.pages = args.pages or (2000 if quick else 20_000)
     args.scrapy_pages = args.scrapy_pages or (500 if quick else 3000)
     args.polite_pages = args.polite_pages or (40 if quick else 200)
+    args.broad_seconds = args.broad_seconds or (8.0 if quick else 25.0)
     args.profile = args.profile or ("never" if quick else "auto")
     args.results = args.results or (WORK / "results-quick" if quick else RESULTS)
     if quick:
         args.limiter = False
-    for name in ("rounds", "pages", "scrapy_pages", "polite_pages", "concurrency"):
+    if args.broad_seconds <= 0:
+        p.error("--broad-seconds must be > 0")
+    for name in ("rounds", "pages", "scrapy_pages", "polite_pages", "concurrency", "broad_hosts"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
@@ -1114,8 +1658,11 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    command = shlex.join(["python", "benchmarks/run.py", *(sys.argv[1:] if argv is None else argv)])
     signal.signal(signal.SIGTERM, _terminate)
     missing = [m for m in ("scrapy", "aiohttp", "aiolimiter") if not importlib.util.find_spec(m)]
+    if args.https and not importlib.util.find_spec("trustme"):
+        missing.append("trustme")
     if missing:
         log(f"missing {', '.join(missing)}: run  pip install -e '.[bench]'  first")
         return 2
@@ -1125,8 +1672,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     server = "(not used)"
     summary: dict[str, Summary] = {}
     runs: list[Run] = []
+    plain: Throughput | None = None
+    https: Throughput | None = None
+    https_note: str | None = None
     profiles: list[Profile] = []
-    if args.throughput:
+    site_dir: Path | None = None
+    if args.throughput or args.https:
         log(f"generating the {args.pages:,}-page site (skipped when present) ...")
         gen = subprocess.run(
             [PY, str(HERE / "site.py"), "generate", "--pages", str(args.pages)],
@@ -1136,6 +1687,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             check=True,
         )
         site_dir = Path(json.loads(gen.stdout)["dir"])
+    if args.throughput:
+        assert site_dir is not None
         with site_server(site_dir, allow_nginx=not args.python_server) as (base, server):
             log(f"throughput: {base} served by {server}")
             runs, fixed = run_throughput(
@@ -1147,6 +1700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 fixed_reps=1 if args.quick else 2,
             )
             summary = summarise(runs, fixed)
+            plain = Throughput(server, runs, fixed, summary)
             missed = False
             if {"ours", "aiohttp", "scrapy"} <= summary.keys():
                 o, a, s = summary["ours"], summary["aiohttp"], summary["scrapy"]
@@ -1157,10 +1711,38 @@ def main(argv: Sequence[str] | None = None) -> int:
             if args.profile == "always" or (args.profile == "auto" and missed):
                 log("profiling our crawl ...")
                 profiles = [profile_crawl(t, base, args.concurrency) for t in ("ours", "ours-lib")]
+    if args.https:
+        assert site_dir is not None
+        nginx = None if args.python_server else find_nginx()
+        if nginx is None:
+            https_note = "Not run: HTTPS is served by nginx, and nginx was not used."
+            log(f"https: skipped ({https_note})")
+        else:
+            tls = make_tls_files()
+            with site_server(site_dir, tls=tls) as (base, https_server):
+                log(f"https: {base} served by {https_server}, CA {tls.ca}")
+                https_runs, https_fixed = run_throughput(
+                    base,
+                    args.pages,
+                    args.rounds,
+                    args.scrapy_pages,
+                    args.concurrency,
+                    fixed_reps=1,
+                    tools=HTTPS_TOOLS,
+                    ca=tls.ca,
+                    name="https",
+                )
+            https = Throughput(
+                https_server, https_runs, https_fixed, summarise(https_runs, https_fixed)
+            )
     polite: list[PoliteRun] = []
     if args.politeness:
         log("politeness ...")
         polite = run_politeness(args.polite_pages)
+    broad: list[BroadRun] = []
+    if args.broad:
+        log(f"broad polite crawl: {args.broad_hosts} hosts, {args.broad_seconds:g} s each ...")
+        broad = run_broad(args.broad_hosts, args.broad_seconds)
     limiter: str | None = None
     if args.limiter:
         log("limiter micro-benchmark ...")
@@ -1168,6 +1750,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_end = loadavg()
     out_dir: Path = args.results
     out_dir.mkdir(parents=True, exist_ok=True)
+    headline = headline_rows(plain, https, broad)
     report = render(
         args,
         info,
@@ -1179,6 +1762,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         profiles,
         (load_start, load_end),
         started,
+        command=command,
+        headline=headline,
+        fixed=None if plain is None else plain.fixed,
+        https=https,
+        https_note=https_note,
+        broad=broad,
     )
     (out_dir / "RESULTS.md").write_text(report, encoding="utf-8")
     if profiles:
@@ -1186,18 +1775,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         (out_dir / "profile.txt").write_text(text + "\n", encoding="utf-8")
     raw = {
         "started": started,
+        "command": command,
         "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "machine": info,
         "server": server,
         "load": [load_start, load_end],
         "summary": {k: asdict(v) for k, v in summary.items()},
         "runs": [asdict(r) for r in runs],
+        "https": None if https is None else {
+            "server": https.server,
+            "summary": {k: asdict(v) for k, v in https.summary.items()},
+            "runs": [asdict(r) for r in https.runs],
+        },
         "politeness": [asdict(r) for r in polite],
-    }
+        "broad": [asdict(r) for r in broad],
+        "headline": [dict(zip(("figure", "median_range", "target", "met"), row, strict=True))
+                     for row in headline],
+    }  # fmt: skip
     (out_dir / "results.json").write_text(json.dumps(raw, indent=1) + "\n", encoding="utf-8")
     written = plot(summary, polite, out_dir)
     log(f"wrote {out_dir / 'RESULTS.md'}" + "".join(f", {w}" for w in written))
-    print(report)
+    quick = " (quick figures: a smoke run, not the headline)" if args.quick else ""
+    print(f"{command}{quick}")
+    print(f"median (min-max) over {args.rounds} round(s); load average {load_start} -> {load_end}")
+    print()
+    print(console_table(headline))
+    print()
+    print(f"full report: {out_dir / 'RESULTS.md'}")
     return 0
 
 
