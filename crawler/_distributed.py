@@ -49,6 +49,7 @@ from typing import Any, Literal
 import httpx
 import trio
 
+from ._admission import Admission
 from ._build import LinkKind, build_page
 from ._config import CrawlConfig
 from ._fetch import Fetched, Fetcher
@@ -71,10 +72,11 @@ from ._robots import (
     ROBOTS_TTL,
     Robots,
     RobotsStatus,
+    robots_error,
     robots_from_response,
     robots_source,
 )
-from ._urls import Scope, host_of, normalize_url, origin_of, strip_userinfo
+from ._urls import Scope, host_of, normalize_url, origin_of
 
 __all__ = [
     "SharedCrawl",
@@ -285,10 +287,8 @@ class SharedCrawl:
         self.results = results
         self.stay_open = config.stay_open if stay_open is None else stay_open
         self._fetcher = Fetcher.for_config(config, transport)
-        self._scope = Scope(config.scope, config.seeds)
+        self._admission = Admission(config)
         self._scope_version = -1
-        self._include = [re.compile(p) for p in config.include]
-        self._exclude = [re.compile(p) for p in config.exclude]
         self._results_send, self._results_recv = trio.open_memory_channel[_Delivery](
             config.result_buffer
         )
@@ -427,7 +427,7 @@ class SharedCrawl:
 
     async def _reload_scope(self, version: int) -> None:
         if version != self._scope_version:
-            self._scope = Scope(
+            self._admission.scope = Scope(
                 self.config.scope, [*self.config.seeds, *await self.frontier.seeds()]
             )
             self._scope_version = version
@@ -539,9 +539,10 @@ class SharedCrawl:
         if fetched.exchange is not None:
             self._robots_exchanges.setdefault(origin, []).append(fetched.exchange)
         status, source = robots_source(fetched)
-        robots = robots_from_response(status, source, 0.0)
+        error = robots_error(fetched)
+        robots = robots_from_response(status, source, 0.0, error=error)
         op: dict[str, Any] = {"k": "robots", "l": claim.lease, "o": origin}
-        if robots.status is RobotsStatus.UNAVAILABLE and claim.version < config.retries:
+        if robots.worth_retrying() and claim.version < config.retries:
             op["retry"] = retry_delay(claim.version, self._rng)
         else:
             # A failure's message is kept too, for the records of the URLs it holds back.
@@ -552,6 +553,8 @@ class SharedCrawl:
             op["interval"] = robots.interval(config.user_agent)
             unavailable = robots.status is RobotsStatus.UNAVAILABLE
             op["ttl"] = ROBOTS_RETRY if unavailable else ROBOTS_TTL
+            if error is not None:
+                op["error"] = str(error)
             if config.sitemaps and not unavailable:
                 admitted = _Admitted()
                 sitemaps = (*robots.sitemaps, f"{origin}/sitemap.xml")
@@ -570,7 +573,10 @@ class SharedCrawl:
         if stored is None:
             robots = Robots(RobotsStatus.IGNORED)
         else:
-            robots = robots_from_response(stored[0], stored[1], 0.0)
+            status, body, error = stored
+            robots = robots_from_response(
+                status, body, 0.0, error=ErrorKind(error) if error else None
+            )
         self._robots[origin] = (version, robots)
         return robots
 
@@ -583,8 +589,7 @@ class SharedCrawl:
             robots = await self._robots_for(claim.origin, claim.version)
             if not robots.allows(job.url, config.user_agent):
                 if robots.status is RobotsStatus.UNAVAILABLE:
-                    error = PageError(ErrorKind.ROBOTS_UNAVAILABLE, robots.message)
-                    await self._deliver(job, None, error)
+                    await self._deliver(job, None, robots.unavailable_error())
                 elif job.redirects:
                     error = PageError(
                         ErrorKind.ROBOTS_DISALLOWED, f"redirect to {job.url} disallowed"
@@ -667,7 +672,8 @@ class SharedCrawl:
             job.error = error or job.error
             return False
         job.redirect_target = target
-        if self._stopping or self._refusal(target, job.depth) is not None:
+        target = self._admission.canonical(target) or target
+        if self._stopping or self._admission.refusal(target, job.depth) is not None:
             return False
         claim = job.claim
         origin = origin_of(target)
@@ -772,19 +778,7 @@ class SharedCrawl:
         self._dropped.update(admitted.drops)
         self._known_hosts.update(str(host[0]) for host in admitted.hosts)
 
-    # -- admission (the engine's Frontier.admit, minus the seen-set that Redis keeps) -----
-
-    def _refusal(self, canonical: str, depth: int) -> str | None:
-        config = self.config
-        if config.max_depth is not None and depth > config.max_depth:
-            return "max_depth"
-        if not self._scope.allows(canonical):
-            return "scope"
-        if self._include and not any(p.search(canonical) for p in self._include):
-            return "include"
-        if any(p.search(canonical) for p in self._exclude):
-            return "exclude"
-        return None
+    # -- admission (the rules of Frontier.admit; Redis keeps the seen-set and bounds) ----
 
     def _host_spec(self, url: str, origin: str) -> list[object]:
         rate, burst, per_host = self.config.limits_for(host_of(url), origin)
@@ -798,17 +792,17 @@ class SharedCrawl:
         *,
         sitemap: bool = False,
         filter_robots: bool = True,
+        normalized: bool = False,
     ) -> None:
         config = self.config
+        admission = self._admission
         new_hosts = {str(h[0]) for h in admitted.hosts}
         for url in urls:
-            canonical = normalize_url(url, max_length=config.max_url_length)
+            canonical = admission.canonical(url, normalized=normalized)
             if canonical is None:
                 admitted.drops["invalid"] += 1
                 continue
-            if "@" in canonical:
-                canonical = strip_userinfo(canonical)  # credentials go to no URL
-            refusal = self._refusal(canonical, depth)
+            refusal = admission.refusal(canonical, depth)
             if refusal is not None:
                 admitted.drops[refusal] += 1
                 continue
@@ -825,15 +819,8 @@ class SharedCrawl:
                 admitted.hosts.append(self._host_spec(canonical, origin))
 
     def _admit_links(self, page: Page, admitted: _Admitted) -> None:
-        depth = page.depth + 1
-        max_depth = self.config.max_depth
-        if max_depth is not None and depth > max_depth:
-            return
-        should_follow = self.config.should_follow
-        links = page.links
-        if should_follow is not None:
-            links = tuple(link for link in links if should_follow(link, page))
-        self._admit(links, depth, admitted)
+        depth, links = self._admission.links_to_follow(page)
+        self._admit(links, depth, admitted, normalized=True)
 
 
 def default_worker_id() -> str:

@@ -525,7 +525,8 @@ for i, op in ipairs(ops) do
       put(o, h, 'robots_retry', fmt(now + op.retry))
       put(o, h, 'robots_attempts', tostring(num(h, 'robots_attempts') + 1))
     else
-      redis.call('HSET', P..'robots:'..o, 'status', op.status, 'body', op.body)
+      redis.call('HSET', P..'robots:'..o, 'status', op.status, 'body', op.body,
+        'error', op.error or '')
       put(o, h, 'robots', 'done')
       put(o, h, 'robots_expires', fmt(now + op.ttl))
       put(o, h, 'robots_attempts', '0')
@@ -884,13 +885,15 @@ class RedisFrontier:
         raw = await self._call(self._renew, _dumps(list(leases)), repr(self.lease), self.worker_id)
         return list(cast(list[str], raw))
 
-    async def robots(self, origin: str) -> tuple[int | None, bytes] | None:
+    async def robots(self, origin: str) -> tuple[int | None, bytes, str] | None:
         """robots.txt of `origin` as stored by whoever fetched it: (HTTP status or None for a
-        network failure, body), or None when nobody has stored it yet."""
-        status, body = await self.client.hmget(self.key(f"robots:{origin}"), ["status", "body"])
+        failed fetch, body, the failure's ErrorKind when it is worth keeping (`blocked`) or
+        ""), or None when nobody has stored it yet."""
+        key = self.key(f"robots:{origin}")
+        status, body, error = await self.client.hmget(key, ["status", "body", "error"])
         if status is None:
             return None
-        return (int(status) if status else None), (body or "").encode("utf-8")
+        return (int(status) if status else None), (body or "").encode("utf-8"), error or ""
 
     async def status(self, *, host_limit: int = 1000) -> SharedStatus:
         """Crawl-wide progress, with at most `host_limit` hosts (alphabetical)."""

@@ -582,3 +582,83 @@ async def test_crawl_command_runs_a_shared_worker(
             check=False,
         )
         assert usage.returncode == 2 and b"--crawl-id" in usage.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# The same admission rules and robots.txt verdicts as the single-process engine
+
+
+async def _shared_pages(
+    config: crawler.CrawlConfig,
+    redis_url: str,
+    crawl_id: str,
+    workers: int,
+    transport: Any = None,
+) -> tuple[list[crawler.Page], list[crawler.Statistics]]:
+    pages: list[crawler.Page] = []
+    stats: list[crawler.Statistics] = []
+
+    async def worker(name: str) -> None:
+        async with open_shared_crawl(
+            config, redis_url=redis_url, crawl_id=crawl_id, worker_id=name, transport=transport
+        ) as crawl:
+            pages.extend([page async for page in crawl])
+            stats.append(crawl.statistics())
+
+    async with trio.open_nursery() as nursery:
+        for i in range(workers):
+            nursery.start_soon(worker, f"w{i}")
+    return pages, stats
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_link_trap_is_cut_as_in_one_process(
+    redis_url: str, crawl_id: str, workers: int
+) -> None:
+    from crawler._urls import looks_like_trap
+
+    async with open_site_server(ports=1, pages=3) as server:
+        # /trap/ links to ./x and ./N forever: only the path rules end the crawl.
+        config = _config(server, seeds=(server.url(0, "/trap/"),), max_path_depth=5)
+        with trio.fail_after(30):
+            async with crawler.open_crawl(config) as single:
+                alone = {page.url async for page in single}
+                assert single.statistics().dropped["trap"] > 0
+            pages, stats = await _shared_pages(config, redis_url, crawl_id, workers)
+        shared = [page.url for page in pages]
+        assert len(shared) == len(set(shared))
+        assert set(shared) == alone
+        assert not [url for url in shared if looks_like_trap(url, 5, 3)]
+        dropped = sum(s.dropped.get("trap", 0) for s in stats)
+        status = await shared_status(redis_url, crawl_id)
+        assert dropped > 0 and status.dropped["trap"] == dropped and status.finished
+
+
+async def test_a_host_we_may_not_connect_to_is_blocked_as_in_one_process(
+    redis_url: str, crawl_id: str
+) -> None:
+    from crawler._guard import AddressGuard
+    from crawler._transport import TrioTransport
+    from tests.test_guard import FakeResolver
+
+    trio.socket.set_custom_hostname_resolver(FakeResolver({"intranet.test": ["10.0.0.7"]}))
+    async with open_site_server(ports=1, pages=2) as server:
+        secret = "http://intranet.test/secret"
+        config = _config(server, seeds=(server.url(0), secret), scope="any", max_depth=0)
+        errors: dict[str, dict[str, str | None]] = {}
+        for mode in ("single", "shared"):
+            guard = AddressGuard(["127.0.0.1"])
+            with trio.fail_after(30):
+                async with TrioTransport(connect=guard) as transport:
+                    if mode == "single":
+                        async with crawler.open_crawl(config, transport=transport) as crawl:
+                            pages = [page async for page in crawl]
+                    else:
+                        pages, _ = await _shared_pages(
+                            config, redis_url, crawl_id, 1, transport=transport
+                        )
+            errors[mode] = {p.url: p.error.kind if p.error else None for p in pages}
+            # robots.txt of the blocked host was tried once: no retry can make it reachable.
+            assert guard.blocked == 1, mode
+        assert errors["shared"] == errors["single"]
+        assert errors["single"][secret] == "blocked"

@@ -189,7 +189,7 @@ async def test_crawl_delay_from_robots_sets_the_shared_interval(client: RedisCli
             "interval": 0.3, "ttl": 3600.0,
         }  # fmt: skip
         assert await a.settle(op) == 1
-        assert await a.robots(ORIGIN) == (200, body.encode())
+        assert await a.robots(ORIGIN) == (200, body.encode(), "")
         # The slower pace counts from now, with no burst.
         first = await b.claim(5)
         assert first.claims == ()
