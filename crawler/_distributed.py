@@ -297,6 +297,7 @@ class SharedCrawl:
         self._active = 0
         self._wake = trio.Event()
         self._stopping = False
+        self._stop_reason: str | None = None
         self._jobs_scope: trio.CancelScope | None = None
         self._held: dict[str, _Held] = {}
         self._last: _Delivery | None = None
@@ -343,6 +344,8 @@ class SharedCrawl:
         delivered, then iteration ends. Not graceful: they are cancelled now and their
         leases go back to the shared frontier at once."""
         self._stopping = True
+        if self._stop_reason is None:
+            self._stop_reason = "stop" if graceful else "stop_now"
         self._poke()
         if not graceful and self._jobs_scope is not None:
             self._jobs_scope.cancel()
@@ -366,6 +369,7 @@ class SharedCrawl:
             dropped=dict(self._dropped),
             errors_by_kind=dict(self._errors_by_kind),
             hosts={},
+            stopped=self._stop_reason,
         )
 
     async def status(self) -> SharedStatus:
@@ -379,6 +383,8 @@ class SharedCrawl:
         try:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._renew_leases, name="renew leases")
+                if self.config.max_time is not None:
+                    outer.start_soon(self._stop_after, self.config.max_time, name="max_time")
                 await outer.start(self._listen, name="wake-ups")
                 async with trio.open_nursery() as jobs:
                     self._jobs_scope = jobs.cancel_scope
@@ -392,6 +398,14 @@ class SharedCrawl:
                 with trio.move_on_after(RELEASE_TIMEOUT):
                     await self._release_all()
                 await self._fetcher.aclose()
+
+    async def _stop_after(self, seconds: float) -> None:
+        """max_time: this worker stops gracefully after `seconds` of its own run (the
+        crawl goes on with the other workers, or with the next one to join)."""
+        await trio.sleep(seconds)
+        if self._stop_reason is None:
+            self._stop_reason = "max_time"
+        self.stop()
 
     async def _join(self) -> None:
         config = self.config
@@ -410,6 +424,7 @@ class SharedCrawl:
             hosts=admitted.hosts,
             max_pages=config.max_pages,
             max_host_queue=config.max_host_queue,
+            max_queued=config.max_queued,
         )
         if theirs != settings:
             differences = ", ".join(
@@ -559,7 +574,7 @@ class SharedCrawl:
                 admitted = _Admitted()
                 sitemaps = (*robots.sitemaps, f"{origin}/sitemap.xml")
                 self._admit(sitemaps, 0, admitted, sitemap=True)
-                admitted.into(op)
+                self._bounds(admitted.into(op))
         await self._finish(claim.lease, op)
 
     async def _robots_for(self, origin: str, version: int) -> Robots:
@@ -744,9 +759,8 @@ class SharedCrawl:
             "e": claim.entry,
             "page": 1,
             "bytes": len(body),
-            "max": -1 if config.max_pages is None else config.max_pages,
-            "cap": config.max_host_queue,
         }
+        self._bounds(op)
         if error is not None:
             op["err"] = str(error.kind)
         self._politeness(admitted.into(op), job, pause, health)
@@ -779,6 +793,14 @@ class SharedCrawl:
         self._known_hosts.update(str(host[0]) for host in admitted.hosts)
 
     # -- admission (the rules of Frontier.admit; Redis keeps the seen-set and bounds) ----
+
+    def _bounds(self, op: dict[str, Any]) -> dict[str, Any]:
+        """The frontier's bounds, which Redis applies to the URLs `op` admits."""
+        config = self.config
+        op["max"] = -1 if config.max_pages is None else config.max_pages
+        op["cap"] = config.max_host_queue
+        op["mq"] = config.max_queued
+        return op
 
     def _host_spec(self, url: str, origin: str) -> list[object]:
         rate, burst, per_host = self.config.limits_for(host_of(url), origin)

@@ -284,8 +284,10 @@ local function ensure_host(spec)
   redis.call('SADD', K_HOSTSET, o)
 end
 
--- Admit one URL ({url, entry, origin, counts}); dedup by the seen-set.
-local function admit(link, max_pages, cap, touched)
+-- Admit one URL ({url, entry, origin, counts}); dedup by the seen-set. The bounds are
+-- those of the single-process engine: max_queued (a page's links and sitemaps, not
+-- redirect hops) against pending, the crawl-wide queued + leased + delayed count.
+local function admit(link, max_pages, cap, max_queued, touched)
   local url, e, o, counts = link[1], link[2], link[3], link[4]
   if counts == -1 then
     -- robots.txt (known to the sender) disallows it: mark it seen and count it once.
@@ -298,6 +300,11 @@ local function admit(link, max_pages, cap, touched)
     return 0
   end
   if redis.call('SISMEMBER', K_SEEN, url) == 1 then return 0 end
+  if counts == 1 and max_queued >= 0 and
+      tonumber(redis.call('HGET', K_STATS, 'pending') or '0') >= max_queued then
+    redis.call('HINCRBY', K_STATS, 'drop:max_queued', 1)
+    return 0
+  end
   if counts == 1 and max_pages >= 0 and
       tonumber(redis.call('HGET', K_STATS, 'admitted') or '0') >= max_pages then
     redis.call('HINCRBY', K_STATS, 'drop:max_pages', 1)
@@ -305,7 +312,7 @@ local function admit(link, max_pages, cap, touched)
   end
   local q = P..'q:'..o
   if redis.call('LLEN', q) >= cap then
-    redis.call('HINCRBY', K_STATS, 'drop:host_queue', 1)
+    redis.call('HINCRBY', K_STATS, 'drop:max_host_queue', 1)
     return 0
   end
   redis.call('SADD', K_SEEN, url)
@@ -321,7 +328,7 @@ local function admit_all(op, now)
   local touched = {}
   local added = 0
   for _, link in ipairs(op.links or {}) do
-    added = added + admit(link, op.max or -1, op.cap or 1e18, touched)
+    added = added + admit(link, op.max or -1, op.cap or 1e18, op.mq or -1, touched)
   end
   for o, _ in pairs(touched) do
     if not redis.call('ZSCORE', K_HOSTS, o) then rescore(o, load(o), now) end
@@ -799,6 +806,7 @@ class RedisFrontier:
         hosts: Sequence[Sequence[object]],
         max_pages: int | None,
         max_host_queue: int,
+        max_queued: int | None = None,
     ) -> tuple[dict[str, Any], int, int, int]:
         """Register the settings (the first worker's win), the seeds' scope and the seeds.
 
@@ -810,6 +818,7 @@ class RedisFrontier:
             "hosts": [list(host) for host in hosts],
             "max": -1 if max_pages is None else max_pages,
             "cap": max_host_queue,
+            "mq": -1 if max_queued is None else max_queued,
         }
         raw = cast(list[str], await self._call(self._join, _dumps(spec), self.worker_id))
         return json.loads(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])

@@ -662,3 +662,52 @@ async def test_a_host_we_may_not_connect_to_is_blocked_as_in_one_process(
             assert guard.blocked == 1, mode
         assert errors["shared"] == errors["single"]
         assert errors["single"][secret] == "blocked"
+
+
+# ---------------------------------------------------------------------------------------
+# The engine's bounds in shared mode
+
+
+async def test_max_time_stops_a_worker_gracefully(redis_url: str, crawl_id: str) -> None:
+    async with open_site_server(ports=1, pages=300, latency=0.05) as server:
+        config = _config(server, per_host=2, max_time=1.0)
+        with trio.fail_after(20):
+            start = trio.current_time()
+            async with open_shared_crawl(
+                config, redis_url=redis_url, crawl_id=crawl_id, worker_id="w"
+            ) as crawl:
+                pages = [page async for page in crawl]
+                stats = crawl.statistics()
+            took = trio.current_time() - start
+        assert stats.stopped == "max_time" and stats.pages == len(pages) > 0
+        assert 1.0 <= took < 3.0, took  # the requests under way finished, nothing more
+        assert server.in_flight == 0
+        status = await shared_status(redis_url, crawl_id)
+        # The rest stays queued for the next worker; nothing is left leased.
+        assert not status.finished and status.leased == 0 and status.queued > 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_max_queued_bounds_the_shared_frontier(
+    redis_url: str, crawl_id: str, workers: int
+) -> None:
+    async with open_site_server(ports=1, pages=300, links_per_page=20) as server:
+        config = _config(server, max_queued=30)
+        peak = 0
+
+        async def watch(client: Any, key: str) -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, int(await client.hget(key, "pending") or 0))
+                await trio.sleep(0.002)
+
+        with trio.fail_after(30):
+            async with open_redis(redis_url) as client, trio.open_nursery() as nursery:
+                key = RedisFrontier(client, crawl_id, worker_id="test").key("stats")
+                nursery.start_soon(watch, client, key)
+                pages, _ = await _shared_pages(config, redis_url, crawl_id, workers)
+                nursery.cancel_scope.cancel()
+        status = await shared_status(redis_url, crawl_id)
+        # Dropped links come back through other pages of this densely linked site.
+        assert status.finished and status.dropped["max_queued"] > 0
+        assert 0 < peak <= 30 and status.pages == len(pages)
