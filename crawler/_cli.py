@@ -1289,9 +1289,14 @@ def _main(argv: Sequence[str] | None) -> int:
 
 async def _print_shared_status(redis_url: str, crawl_id: str) -> int:
     from ._distributed import shared_status
-    from ._redis import format_status
+    from ._redis import SharedCrawlError, format_status
 
-    print(format_status(await shared_status(redis_url, crawl_id)))
+    try:
+        status = await shared_status(redis_url, crawl_id)
+    except SharedCrawlError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return exc.exit_status
+    print(format_status(status))
     return 0
 
 
@@ -1319,9 +1324,9 @@ def _run_shared(options: Options) -> int:
                 stop_on_signals=True,
             )
         )
-    except SharedCrawlError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except SharedCrawlError as exc:  # one line; CrawlFinished is no error (exit 0)
+        print(f"{PROG}: {'error: ' if exc.exit_status else ''}{exc}", file=sys.stderr)
+        return exc.exit_status
     except OutputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_FATAL

@@ -40,8 +40,8 @@ import signal
 import socket
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -56,12 +56,15 @@ from ._fetch import Fetched, Fetcher
 from ._page import ErrorKind, Exchange, Page, PageError, Statistics
 from ._redis import (
     DEFAULT_LEASE,
+    RECONNECT_FOR,
     Claim,
+    CrawlFinished,
     RedisClient,
     RedisFrontier,
     SharedCrawlError,
     SharedStatus,
     check_worker_id,
+    connection_errors,
     format_status,
     open_redis,
 )
@@ -99,6 +102,8 @@ CLAIM_BATCH_WAIT = 0.01
 """With requests under way, the claimer waits up to this long for concurrency/8 free slots,
 so that one claim round trip serves several requests."""
 RELEASE_TIMEOUT = 5.0
+RESUBSCRIBE_DELAY = 1.0
+"""Seconds between attempts to subscribe to wake-ups again while Redis is away."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -298,6 +303,8 @@ class SharedCrawl:
         self._wake = trio.Event()
         self._stopping = False
         self._stop_reason: str | None = None
+        self.finished_before: int | None = None
+        """The crawl's pages, when it was over before this worker joined (nothing to do)."""
         self._jobs_scope: trio.CancelScope | None = None
         self._held: dict[str, _Held] = {}
         self._last: _Delivery | None = None
@@ -395,9 +402,14 @@ class SharedCrawl:
             self._ended = trio.current_time()
             self._results_send.close()
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(RELEASE_TIMEOUT):
-                    await self._release_all()
-                await self._fetcher.aclose()
+                try:
+                    with trio.move_on_after(RELEASE_TIMEOUT):
+                        await self._release_all()
+                except SharedCrawlError as exc:
+                    # Redis is gone: what this worker held goes back when its leases expire.
+                    logger.warning("worker %s: leases not given back: %s", self.worker_id, exc)
+                finally:
+                    await self._fetcher.aclose()
 
     async def _stop_after(self, seconds: float) -> None:
         """max_time: this worker stops gracefully after `seconds` of its own run (the
@@ -417,7 +429,7 @@ class SharedCrawl:
                 scope.append(canonical)
         self._admit(config.seeds, 0, admitted, filter_robots=False)
         settings = shared_settings(config)
-        theirs, version, added, _ = await self.frontier.join(
+        theirs, version, added, pending = await self.frontier.join(
             settings,
             scope=scope,
             links=admitted.links,
@@ -426,6 +438,11 @@ class SharedCrawl:
             max_host_queue=config.max_host_queue,
             max_queued=config.max_queued,
         )
+        if pending == 0 and not self.stay_open:
+            # Over already: say so, whatever settings this worker came with.
+            self.finished_before = await self.frontier.finished_pages()
+            if self.finished_before is not None:
+                return
         if theirs != settings:
             differences = ", ".join(
                 f"{key}={theirs.get(key)!r} (this worker: {settings.get(key)!r})"
@@ -494,12 +511,25 @@ class SharedCrawl:
     ) -> None:
         """Wake the claimer when another worker frees a token or adds work to an idle host."""
         channel = self.frontier.key("wake")
-        async with self.frontier.client.pubsub(
-            channels=[channel], ignore_subscribe_messages=True
-        ) as messages:
-            task_status.started()
-            async for _ in messages:
-                self._poke()
+        errors = connection_errors()
+        started = False
+        while True:
+            try:
+                async with self.frontier.client.pubsub(
+                    channels=[channel], ignore_subscribe_messages=True
+                ) as messages:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    async for _ in messages:
+                        self._poke()
+                return
+            except errors:
+                if not started:
+                    raise
+                # Redis is away: the claimer polls every MAX_WAIT meanwhile, and the
+                # frontier's calls decide when to give up on it.
+                await trio.sleep(RESUBSCRIBE_DELAY)
 
     async def _renew_leases(self) -> None:
         period = self.frontier.lease / 3.0
@@ -878,6 +908,7 @@ async def open_shared_crawl(
     results: Results = "local",
     lease: float = DEFAULT_LEASE,
     stay_open: bool | None = None,
+    reconnect_for: float = RECONNECT_FOR,
 ) -> AsyncIterator[SharedCrawl]:
     """Join the shared crawl `crawl_id` in Redis as one worker; iterate for its pages.
 
@@ -891,6 +922,10 @@ async def open_shared_crawl(
     `stay_open` overrides ``config.stay_open``: a worker joining without seeds needs a
     CrawlConfig with ``stay_open=True`` (CrawlConfig insists on seeds otherwise) and
     passes ``stay_open=False`` to end with the crawl.
+
+    While Redis cannot be reached (a restart), the worker retries with backoff for up to
+    `reconnect_for` seconds, then raises RedisUnavailable; leases that expired meanwhile
+    go back to the frontier as when a worker dies.
     """
     if (redis_url is None) == (client is None):
         raise ValueError("give exactly one of redis_url and client")
@@ -899,7 +934,9 @@ async def open_shared_crawl(
         if client is None:
             assert redis_url is not None
             client = await stack.enter_async_context(open_redis(redis_url))
-        frontier = RedisFrontier(client, crawl_id, worker_id=worker, lease=lease)
+        frontier = RedisFrontier(
+            client, crawl_id, worker_id=worker, lease=lease, reconnect_for=reconnect_for
+        )
         crawl = SharedCrawl(
             config, frontier, transport=transport, results=results, stay_open=stay_open
         )
@@ -909,17 +946,34 @@ async def open_shared_crawl(
             await crawl._fetcher.aclose()
             raise
         raised: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            await nursery.start(crawl._run, name=f"shared crawl {crawl_id}")
-            try:
-                yield crawl
-            except BaseException as exc:  # re-raised below, after the crawl's tasks are gone
-                raised = exc
-            else:
-                crawl._ack_last()
-            nursery.cancel_scope.cancel()
+        with _one_shared_error():
+            async with trio.open_nursery() as nursery:
+                await nursery.start(crawl._run, name=f"shared crawl {crawl_id}")
+                try:
+                    yield crawl
+                except BaseException as exc:  # re-raised below, after the crawl's tasks are gone
+                    raised = exc
+                else:
+                    crawl._ack_last()
+                nursery.cancel_scope.cancel()
         if raised is not None:
             raise raised
+
+
+@contextmanager
+def _one_shared_error() -> Iterator[None]:
+    """A crawl task's SharedCrawlError (Redis gone for good) comes out as itself, not in
+    an ExceptionGroup: it is the one-line reason the worker ends."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        shared, rest = group.split(SharedCrawlError)
+        if shared is None or rest is not None:
+            raise
+        first: BaseException = shared
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 async def shared_status(redis_url: str, crawl_id: str, *, host_limit: int = 1000) -> SharedStatus:
@@ -947,7 +1001,9 @@ async def run_worker(
     (`output` JSON Lines and `warc`, each named with :func:`worker_path`).
 
     With `stop_on_signals`, SIGINT/SIGTERM stop it gracefully (a second one: at once).
-    Returns this worker's statistics."""
+    The files are created with the first page: a worker that gets none leaves none.
+    Returns this worker's statistics; raises CrawlFinished when the crawl was over
+    before this worker joined (and `stay_open` is false)."""
     from ._output import JsonLinesWriter, WarcWriter
 
     worker = worker_id if worker_id is not None else default_worker_id()
@@ -955,12 +1011,11 @@ async def run_worker(
         config = replace(config, keep_exchanges=True)
     async with AsyncExitStack() as stack:
         writers: list[JsonLinesWriter | WarcWriter] = []
+        made: list[JsonLinesWriter | WarcWriter] = []
         if output is not None:
-            jsonl = JsonLinesWriter(worker_path(output, worker))
-            writers.append(await stack.enter_async_context(jsonl))
+            writers.append(JsonLinesWriter(worker_path(output, worker)))
         if warc is not None:
-            archive = WarcWriter(worker_path(warc, worker), config=config)
-            writers.append(await stack.enter_async_context(archive))
+            writers.append(WarcWriter(worker_path(warc, worker), config=config))
         crawl = await stack.enter_async_context(
             open_shared_crawl(
                 config,
@@ -973,11 +1028,16 @@ async def run_worker(
                 stay_open=stay_open,
             )
         )
+        if crawl.finished_before is not None:
+            raise CrawlFinished(crawl_id, crawl.finished_before)
         async with trio.open_nursery() as nursery:
             if stop_on_signals:
                 nursery.start_soon(_stop_on_signals, crawl)
             async for page in crawl:
-                for writer in writers:
+                if not made:
+                    # Closed (flushed) before the crawl completes its last leases.
+                    made.extend([await stack.enter_async_context(w) for w in writers])
+                for writer in made:
                     await writer.write(page)
             nursery.cancel_scope.cancel()
         return crawl.statistics()

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -594,13 +596,19 @@ async def _shared_pages(
     crawl_id: str,
     workers: int,
     transport: Any = None,
+    **options: Any,
 ) -> tuple[list[crawler.Page], list[crawler.Statistics]]:
     pages: list[crawler.Page] = []
     stats: list[crawler.Statistics] = []
 
     async def worker(name: str) -> None:
         async with open_shared_crawl(
-            config, redis_url=redis_url, crawl_id=crawl_id, worker_id=name, transport=transport
+            config,
+            redis_url=redis_url,
+            crawl_id=crawl_id,
+            worker_id=name,
+            transport=transport,
+            **options,
         ) as crawl:
             pages.extend([page async for page in crawl])
             stats.append(crawl.statistics())
@@ -711,3 +719,173 @@ async def test_max_queued_bounds_the_shared_frontier(
         # Dropped links come back through other pages of this densely linked site.
         assert status.finished and status.dropped["max_queued"] > 0
         assert 0 < peak <= 30 and status.pages == len(pages)
+
+
+# ---------------------------------------------------------------------------------------
+# How a worker starts and ends
+
+
+async def _crawl_command(*args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(60):
+        return await trio.run_process(
+            [sys.executable, "-m", "crawler", *args],
+            cwd=ROOT,
+            env=_env(),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "message"),
+    [
+        (
+            "redis://127.0.0.1:1/0",
+            1,
+            "crawl: error: cannot reach Redis at redis://127.0.0.1:1/0: connection refused",
+        ),
+        ("foo://", 2, "crawl: error: bad Redis URL 'foo://': expected redis://"),
+        ("redis://host:notaport", 2, "crawl: error: bad Redis URL 'redis://host:notaport': "),
+        ("redis://:pw@127.0.0.1:1/0", 1, "crawl: error: cannot reach Redis at redis://:***@"),
+    ],
+)
+async def test_a_worker_that_cannot_start_says_why_in_one_line(
+    tmp_path: Path, url: str, code: int, message: str
+) -> None:
+    out = tmp_path / "out.jsonl"
+    result = await _crawl_command(
+        "--redis", url, "--crawl-id", "x", "-o", str(out), "http://127.0.0.1:9/"
+    )
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == code and len(lines) == 1, result.stderr.decode()
+    assert lines[0].startswith(message) and "pw" not in lines[0]
+    assert not os.listdir(tmp_path)  # no output file
+    status = await _crawl_command("--redis", url, "--crawl-id", "x", "--status")
+    assert status.returncode == code and status.stderr.decode().splitlines() == lines[:1]
+
+
+async def test_a_worker_joining_a_finished_crawl_says_so(
+    tmp_path: Path, redis_url: str, crawl_id: str
+) -> None:
+    async with open_site_server(ports=1, pages=20) as server:
+        config = _config(server)
+        with trio.fail_after(30):
+            pages, _ = await _shared_pages(config, redis_url, crawl_id, 1)
+        out = tmp_path / "out.jsonl"
+        for seeds in ([server.url(0)], []):
+            result = await _crawl_command(
+                "--redis", redis_url, "--crawl-id", crawl_id, "-o", str(out), *seeds
+            )
+            assert result.returncode == 0, result.stderr.decode()
+            assert result.stderr.decode() == (
+                f"crawl: crawl id {crawl_id} is finished ({len(pages)} pages); "
+                "give another crawl id to crawl again\n"
+            )
+            assert not os.listdir(tmp_path)  # nothing written, not even an empty file
+
+
+async def test_a_worker_that_gets_no_page_leaves_no_file(
+    tmp_path: Path, redis_url: str, crawl_id: str
+) -> None:
+    async with open_site_server(ports=1, pages=5) as server:
+        # The crawl's one URL never answers and is leased to the first worker: the second
+        # finds nothing to do until the crawl ends.
+        config = _config(
+            server,
+            seeds=(server.url(0, "/stall"),),
+            max_depth=0,
+            timeout=2.0,
+            retries=0,
+            obey_robots=False,
+        )
+        idle = replace(config, seeds=(), stay_open=True)
+        out = tmp_path / "out.jsonl"
+        with trio.fail_after(30):
+            async with open_redis(redis_url) as client, trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(run_worker, config, redis_url=redis_url, crawl_id=crawl_id)
+                )
+                leased = RedisFrontier(client, crawl_id, worker_id="test").key("leased")
+                while not await client.hlen(leased):  # noqa: ASYNC110 - polled in Redis
+                    await trio.sleep(0.005)
+                stats = await run_worker(
+                    idle,
+                    redis_url=redis_url,
+                    crawl_id=crawl_id,
+                    worker_id="idle",
+                    output=out,
+                    stay_open=False,
+                )
+        assert stats.pages == 0
+        assert not await trio.Path(worker_path(out, "idle")).exists()
+        status = await shared_status(redis_url, crawl_id)
+        assert status.finished and status.pages == 1
+
+
+@pytest.mark.parametrize("lease", [30.0, 1.0])
+async def test_workers_ride_out_a_redis_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, lease: float
+) -> None:
+    from tests.redisserver import restartable_redis
+
+    (tmp_path / "redis").mkdir()
+    crawl_id = unique_crawl_id("restart")
+    with restartable_redis(str(tmp_path / "redis")) as redis:
+        async with open_site_server(ports=1, pages=60, latency=0.1) as server:
+            config = _config(server, per_host=4, concurrency=4)
+
+            async def restart(client: Any) -> None:
+                leased = RedisFrontier(client, crawl_id, worker_id="test").key("leased")
+                # Mid-crawl, with requests under way (leases held).
+                while len(server.log) < 10 or not await client.hlen(leased):  # noqa: ASYNC110
+                    await trio.sleep(0.005)
+                await trio.to_thread.run_sync(redis.stop)
+                down_at = trio.current_time()
+                while not any("unreachable" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                if lease < 5:
+                    # Down for longer than a lease: the leases expire in Redis's clock.
+                    await trio.sleep_until(down_at + 2 * lease)
+                await trio.to_thread.run_sync(redis.start)
+
+            with trio.fail_after(60):
+                async with open_redis(redis.url) as client, trio.open_nursery() as nursery:
+                    nursery.start_soon(restart, client)
+                    pages, _ = await _shared_pages(
+                        config, redis.url, crawl_id, 2, lease=lease, reconnect_for=30.0
+                    )
+            urls = [page.url for page in pages]
+            status = await shared_status(redis.url, crawl_id)
+    assert any("Redis is back" in r.getMessage() for r in caplog.records)
+    # Nothing lost.
+    assert set(urls) == server.reachable_urls()
+    assert status.finished and status.leased == 0 and status.pages == len(set(urls))
+    if lease > 5:
+        assert len(urls) == len(set(urls))  # nothing expired: nothing fetched twice
+    else:
+        # The expired leases went back and were claimed again; a page is written twice
+        # only if its first holder had written it (at most its requests under way).
+        assert status.recovered >= 1
+        assert len(urls) - len(set(urls)) <= 2 * config.concurrency
+
+
+async def test_a_worker_gives_up_when_redis_stays_away(tmp_path: Path) -> None:
+    from crawler._redis import RedisUnavailable
+    from tests.redisserver import restartable_redis
+
+    (tmp_path / "redis").mkdir()
+    with restartable_redis(str(tmp_path / "redis")) as redis:
+        async with open_site_server(ports=1, pages=60, latency=0.1) as server:
+            config = _config(server, per_host=2, concurrency=2)
+            with trio.fail_after(30), pytest.raises(RedisUnavailable, match="within 1 s"):
+                async with open_shared_crawl(
+                    config,
+                    redis_url=redis.url,
+                    crawl_id=unique_crawl_id("gone"),
+                    worker_id="w",
+                    reconnect_for=1.0,
+                ) as crawl:
+                    async for _ in crawl:
+                        if redis.proc is not None:
+                            await trio.to_thread.run_sync(redis.stop)
