@@ -63,6 +63,7 @@ from ._redis import (
     RedisFrontier,
     SharedCrawlError,
     SharedStatus,
+    check_crawl_id,
     check_worker_id,
     connection_errors,
     format_status,
@@ -1006,7 +1007,8 @@ async def run_worker(
     before this worker joined (and `stay_open` is false)."""
     from ._output import JsonLinesWriter, WarcWriter
 
-    worker = worker_id if worker_id is not None else default_worker_id()
+    worker = check_worker_id(worker_id if worker_id is not None else default_worker_id())
+    check_crawl_id(crawl_id)  # before connecting: a usage error, not a Redis one
     if warc is not None and not config.keep_exchanges:
         config = replace(config, keep_exchanges=True)
     async with AsyncExitStack() as stack:

@@ -67,6 +67,7 @@ if TYPE_CHECKING:
     import coredis
 
 __all__ = [
+    "BadName",
     "Claim",
     "ClaimResult",
     "CrawlFinished",
@@ -117,6 +118,10 @@ class SharedCrawlError(Exception):
 
 class RedisUrlError(SharedCrawlError, ValueError):
     """A Redis URL that names no server (a usage error)."""
+
+
+class BadName(SharedCrawlError, ValueError):
+    """A crawl id or worker id that cannot be used in key names (a usage error)."""
 
 
 class RedisUnavailable(SharedCrawlError):
@@ -253,7 +258,7 @@ async def retry_redis(
 
 def check_crawl_id(crawl_id: str) -> str:
     if not isinstance(crawl_id, str) or not _CRAWL_ID.fullmatch(crawl_id):
-        raise ValueError(
+        raise BadName(
             "crawl_id must be 1-200 characters of letters, digits and ._:@- "
             f"(no braces: it is the Redis Cluster hash tag), got {crawl_id!r}"
         )
@@ -262,7 +267,7 @@ def check_crawl_id(crawl_id: str) -> str:
 
 def check_worker_id(worker_id: str) -> str:
     if not isinstance(worker_id, str) or not _WORKER_ID.fullmatch(worker_id):
-        raise ValueError(
+        raise BadName(
             f"worker_id must be 1-200 characters of letters, digits and ._:@-, got {worker_id!r}"
         )
     return worker_id
