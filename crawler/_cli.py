@@ -832,7 +832,7 @@ def _shared_command(redis_url: str, crawl_id: str, *, reset: bool) -> int:
         text = trio.run(_reset_shared if reset else _shared_status, redis_url, crawl_id)
     except SharedCrawlError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exc.exit_status
     except unreachable as exc:
         print(f"{PROG}: error: Redis at {redis_url}: {exc}", file=sys.stderr)
         return EXIT_FATAL
@@ -879,9 +879,9 @@ def _run_shared(options: Options) -> int:
                 stop_on_signals=True,
             )
         )
-    except SharedCrawlError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    except SharedCrawlError as exc:  # one line; CrawlFinished is no error (exit 0)
+        print(f"{PROG}: {'error: ' if exc.exit_status else ''}{exc}", file=sys.stderr)
+        return exc.exit_status
     except OutputError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return EXIT_FATAL

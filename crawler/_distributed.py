@@ -38,8 +38,8 @@ import re
 import signal
 import socket
 from collections import Counter
-from collections.abc import AsyncIterator, Sequence
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager, contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -47,18 +47,23 @@ from typing import Any, Literal
 import httpx
 import trio
 
+from ._admission import Admission
 from ._build import LinkKind, build_page
 from ._config import CrawlConfig
 from ._fetch import Fetched, Fetcher
 from ._page import ErrorKind, Exchange, Page, PageError, Statistics
 from ._redis import (
     DEFAULT_LEASE,
+    RECONNECT_FOR,
     Claim,
+    CrawlFinished,
     RedisClient,
     RedisFrontier,
     SharedCrawlError,
     SharedStatus,
+    check_crawl_id,
     check_worker_id,
+    connection_errors,
     open_redis,
 )
 from ._retry import Action, Verdict, judge, redirect_target, retry_delay
@@ -68,11 +73,12 @@ from ._robots import (
     ROBOTS_TTL,
     Robots,
     RobotsStatus,
+    robots_error,
     robots_from_response,
     robots_source,
 )
-from ._unexpected import ends_crawl, failed_fetch, note_hook, unexpected_error
-from ._urls import Scope, host_of, normalize_url, origin_of, strip_userinfo
+from ._unexpected import ends_crawl, failed_fetch, unexpected_error
+from ._urls import Scope, host_of, normalize_url, origin_of
 
 __all__ = [
     "SharedCrawl",
@@ -94,6 +100,8 @@ CLAIM_BATCH_WAIT = 0.01
 """With requests under way, the claimer waits up to this long for concurrency/8 free slots,
 so that one claim round trip serves several requests."""
 RELEASE_TIMEOUT = 5.0
+RESUBSCRIBE_DELAY = 1.0
+"""Seconds between attempts to subscribe to wake-ups again while Redis is away."""
 
 
 # ---------------------------------------------------------------------------------------
@@ -287,10 +295,8 @@ class SharedCrawl:
         self.results = results
         self.stay_open = config.stay_open if stay_open is None else stay_open
         self._fetcher = Fetcher.for_config(config, transport)
-        self._scope = Scope(config.scope, config.seeds)
+        self._admission = Admission(config)
         self._scope_version = -1
-        self._include = [re.compile(p) for p in config.include]
-        self._exclude = [re.compile(p) for p in config.exclude]
         self._results_send, self._results_recv = trio.open_memory_channel[_Delivery](
             config.result_buffer
         )
@@ -299,6 +305,9 @@ class SharedCrawl:
         self._active = 0
         self._wake = trio.Event()
         self._stopping = False
+        self._stop_reason: str | None = None
+        self.finished_before: int | None = None
+        """The crawl's pages, when it was over before this worker joined (nothing to do)."""
         self._jobs_scope: trio.CancelScope | None = None
         self._held: dict[str, _Held] = {}
         self._last: _Delivery | None = None
@@ -345,6 +354,8 @@ class SharedCrawl:
         delivered, then iteration ends. Not graceful: they are cancelled now and their
         leases go back to the shared frontier at once."""
         self._stopping = True
+        if self._stop_reason is None:
+            self._stop_reason = "stop" if graceful else "stop_now"
         self._poke()
         if not graceful and self._jobs_scope is not None:
             self._jobs_scope.cancel()
@@ -368,6 +379,7 @@ class SharedCrawl:
             dropped=dict(self._dropped),
             errors_by_kind=dict(self._errors_by_kind),
             hosts={},
+            stopped=self._stop_reason,
         )
 
     async def status(self) -> SharedStatus:
@@ -381,6 +393,8 @@ class SharedCrawl:
         try:
             async with trio.open_nursery() as outer:
                 outer.start_soon(self._renew_leases, name="renew leases")
+                if self.config.max_time is not None:
+                    outer.start_soon(self._stop_after, self.config.max_time, name="max_time")
                 await outer.start(self._listen, name="wake-ups")
                 async with trio.open_nursery() as jobs:
                     self._jobs_scope = jobs.cancel_scope
@@ -391,9 +405,22 @@ class SharedCrawl:
             self._ended = trio.current_time()
             self._results_send.close()
             with trio.CancelScope(shield=True):
-                with trio.move_on_after(RELEASE_TIMEOUT):
-                    await self._release_all()
-                await self._fetcher.aclose()
+                try:
+                    with trio.move_on_after(RELEASE_TIMEOUT):
+                        await self._release_all()
+                except SharedCrawlError as exc:
+                    # Redis is gone: what this worker held goes back when its leases expire.
+                    logger.warning("worker %s: leases not given back: %s", self.worker_id, exc)
+                finally:
+                    await self._fetcher.aclose()
+
+    async def _stop_after(self, seconds: float) -> None:
+        """max_time: this worker stops gracefully after `seconds` of its own run (the
+        crawl goes on with the other workers, or with the next one to join)."""
+        await trio.sleep(seconds)
+        if self._stop_reason is None:
+            self._stop_reason = "max_time"
+        self.stop()
 
     async def _join(self) -> None:
         config = self.config
@@ -405,14 +432,20 @@ class SharedCrawl:
                 scope.append(canonical)
         self._admit(config.seeds, 0, admitted, filter_robots=False)
         settings = shared_settings(config)
-        theirs, version, added, _ = await self.frontier.join(
+        theirs, version, added, pending = await self.frontier.join(
             settings,
             scope=scope,
             links=admitted.links,
             hosts=admitted.hosts,
             max_pages=config.max_pages,
             max_host_queue=config.max_host_queue,
+            max_queued=config.max_queued,
         )
+        if pending == 0 and not self.stay_open:
+            # Over already: say so, whatever settings this worker came with.
+            self.finished_before = await self.frontier.finished_pages()
+            if self.finished_before is not None:
+                return
         if theirs != settings:
             differences = ", ".join(
                 f"{key}={theirs.get(key)!r} (this worker: {settings.get(key)!r})"
@@ -429,7 +462,7 @@ class SharedCrawl:
 
     async def _reload_scope(self, version: int) -> None:
         if version != self._scope_version:
-            self._scope = Scope(
+            self._admission.scope = Scope(
                 self.config.scope, [*self.config.seeds, *await self.frontier.seeds()]
             )
             self._scope_version = version
@@ -481,12 +514,25 @@ class SharedCrawl:
     ) -> None:
         """Wake the claimer when another worker frees a token or adds work to an idle host."""
         channel = self.frontier.key("wake")
-        async with self.frontier.client.pubsub(
-            channels=[channel], ignore_subscribe_messages=True
-        ) as messages:
-            task_status.started()
-            async for _ in messages:
-                self._poke()
+        errors = connection_errors()
+        started = False
+        while True:
+            try:
+                async with self.frontier.client.pubsub(
+                    channels=[channel], ignore_subscribe_messages=True
+                ) as messages:
+                    if not started:
+                        task_status.started()
+                        started = True
+                    async for _ in messages:
+                        self._poke()
+                return
+            except errors:
+                if not started:
+                    raise
+                # Redis is away: the claimer polls every MAX_WAIT meanwhile, and the
+                # frontier's calls decide when to give up on it.
+                await trio.sleep(RESUBSCRIBE_DELAY)
 
     async def _renew_leases(self) -> None:
         period = self.frontier.lease / 3.0
@@ -548,9 +594,10 @@ class SharedCrawl:
         if fetched.exchange is not None:
             self._robots_exchanges.setdefault(origin, []).append(fetched.exchange)
         status, source = robots_source(fetched)
-        robots = robots_from_response(status, source, 0.0)
+        error = robots_error(fetched)
+        robots = robots_from_response(status, source, 0.0, error=error)
         op: dict[str, Any] = {"k": "robots", "l": claim.lease, "o": origin}
-        if robots.status is RobotsStatus.UNAVAILABLE and claim.version < config.retries:
+        if robots.worth_retrying() and claim.version < config.retries:
             op["retry"] = retry_delay(claim.version, self._rng)
         else:
             # A failure's message is kept too, for the records of the URLs it holds back.
@@ -561,11 +608,13 @@ class SharedCrawl:
             op["interval"] = robots.interval(config.user_agent)
             unavailable = robots.status is RobotsStatus.UNAVAILABLE
             op["ttl"] = ROBOTS_RETRY if unavailable else ROBOTS_TTL
+            if error is not None:
+                op["error"] = str(error)
             if config.sitemaps and not unavailable:
                 admitted = _Admitted()
                 sitemaps = (*robots.sitemaps, f"{origin}/sitemap.xml")
                 self._admit(sitemaps, 0, admitted, sitemap=True)
-                admitted.into(op)
+                self._bounds(admitted.into(op))
         await self._finish(claim.lease, op)
 
     async def _robots_for(self, origin: str, version: int) -> Robots:
@@ -579,7 +628,10 @@ class SharedCrawl:
         if stored is None:
             robots = Robots(RobotsStatus.IGNORED)
         else:
-            robots = robots_from_response(stored[0], stored[1], 0.0)
+            status, body, error = stored
+            robots = robots_from_response(
+                status, body, 0.0, error=ErrorKind(error) if error else None
+            )
         self._robots[origin] = (version, robots)
         return robots
 
@@ -592,8 +644,7 @@ class SharedCrawl:
             robots = await self._robots_for(claim.origin, claim.version)
             if not robots.allows(job.url, config.user_agent):
                 if robots.status is RobotsStatus.UNAVAILABLE:
-                    error = PageError(ErrorKind.ROBOTS_UNAVAILABLE, robots.message)
-                    await self._deliver(job, None, error)
+                    await self._deliver(job, None, robots.unavailable_error())
                 elif job.redirects:
                     error = PageError(
                         ErrorKind.ROBOTS_DISALLOWED, f"redirect to {job.url} disallowed"
@@ -688,7 +739,9 @@ class SharedCrawl:
         config = self.config
         try:
             target, error = redirect_target(fetched, job.url, job.chain, job.redirects, config)
-            refused = target is not None and self._refusal(target, job.depth) is not None
+            if target is not None:
+                target = self._admission.canonical(target) or target
+            refused = target is not None and self._admission.refusal(target, job.depth) is not None
         except Exception as exc:
             if ends_crawl(exc):
                 raise
@@ -784,9 +837,8 @@ class SharedCrawl:
             "e": claim.entry,
             "page": 1,
             "bytes": len(body),
-            "max": -1 if config.max_pages is None else config.max_pages,
-            "cap": config.max_host_queue,
         }
+        self._bounds(op)
         if error is not None:
             op["err"] = str(error.kind)
         self._politeness(admitted.into(op), job, pause, health)
@@ -818,19 +870,15 @@ class SharedCrawl:
         self._dropped.update(admitted.drops)
         self._known_hosts.update(str(host[0]) for host in admitted.hosts)
 
-    # -- admission (the engine's Frontier.admit, minus the seen-set that Redis keeps) -----
+    # -- admission (the rules of Frontier.admit; Redis keeps the seen-set and bounds) ----
 
-    def _refusal(self, canonical: str, depth: int) -> str | None:
+    def _bounds(self, op: dict[str, Any]) -> dict[str, Any]:
+        """The frontier's bounds, which Redis applies to the URLs `op` admits."""
         config = self.config
-        if config.max_depth is not None and depth > config.max_depth:
-            return "max_depth"
-        if not self._scope.allows(canonical):
-            return "scope"
-        if self._include and not any(p.search(canonical) for p in self._include):
-            return "include"
-        if any(p.search(canonical) for p in self._exclude):
-            return "exclude"
-        return None
+        op["max"] = -1 if config.max_pages is None else config.max_pages
+        op["cap"] = config.max_host_queue
+        op["mq"] = config.max_queued
+        return op
 
     def _host_spec(self, url: str, origin: str) -> list[object]:
         rate, burst, per_host = self.config.limits_for(host_of(url), origin)
@@ -844,17 +892,17 @@ class SharedCrawl:
         *,
         sitemap: bool = False,
         filter_robots: bool = True,
+        normalized: bool = False,
     ) -> None:
         config = self.config
+        admission = self._admission
         new_hosts = {str(h[0]) for h in admitted.hosts}
         for url in urls:
-            canonical = normalize_url(url, max_length=config.max_url_length)
+            canonical = admission.canonical(url, normalized=normalized)
             if canonical is None:
                 admitted.drops["invalid"] += 1
                 continue
-            if "@" in canonical:
-                canonical = strip_userinfo(canonical)  # credentials go to no URL
-            refusal = self._refusal(canonical, depth)
+            refusal = admission.refusal(canonical, depth)
             if refusal is not None:
                 admitted.drops[refusal] += 1
                 continue
@@ -871,19 +919,8 @@ class SharedCrawl:
                 admitted.hosts.append(self._host_spec(canonical, origin))
 
     def _admit_links(self, page: Page, admitted: _Admitted) -> None:
-        depth = page.depth + 1
-        max_depth = self.config.max_depth
-        if max_depth is not None and depth > max_depth:
-            return
-        should_follow = self.config.should_follow
-        links = page.links
-        if should_follow is not None:
-            try:
-                links = tuple(link for link in links if should_follow(link, page))
-            except Exception as exc:
-                note_hook(exc, "should_follow")  # the caller's bug ends the crawl
-                raise
-        self._admit(links, depth, admitted)
+        depth, links = self._admission.links_to_follow(page)
+        self._admit(links, depth, admitted, normalized=True)
 
 
 def default_worker_id() -> str:
@@ -919,6 +956,7 @@ async def open_shared_crawl(
     results: Results = "local",
     lease: float = DEFAULT_LEASE,
     stay_open: bool | None = None,
+    reconnect_for: float = RECONNECT_FOR,
 ) -> AsyncIterator[SharedCrawl]:
     """Join the shared crawl `crawl_id` in Redis as one worker; iterate for its pages.
 
@@ -932,6 +970,10 @@ async def open_shared_crawl(
     `stay_open` overrides ``config.stay_open``: a worker joining without seeds needs a
     CrawlConfig with ``stay_open=True`` (CrawlConfig insists on seeds otherwise) and
     passes ``stay_open=False`` to end with the crawl.
+
+    While Redis cannot be reached (a restart), the worker retries with backoff for up to
+    `reconnect_for` seconds, then raises RedisUnavailable; leases that expired meanwhile
+    go back to the frontier as when a worker dies.
     """
     if (redis_url is None) == (client is None):
         raise ValueError("give exactly one of redis_url and client")
@@ -940,7 +982,9 @@ async def open_shared_crawl(
         if client is None:
             assert redis_url is not None
             client = await stack.enter_async_context(open_redis(redis_url))
-        frontier = RedisFrontier(client, crawl_id, worker_id=worker, lease=lease)
+        frontier = RedisFrontier(
+            client, crawl_id, worker_id=worker, lease=lease, reconnect_for=reconnect_for
+        )
         crawl = SharedCrawl(
             config, frontier, transport=transport, results=results, stay_open=stay_open
         )
@@ -950,17 +994,34 @@ async def open_shared_crawl(
             await crawl._fetcher.aclose()
             raise
         raised: BaseException | None = None
-        async with trio.open_nursery() as nursery:
-            await nursery.start(crawl._run, name=f"shared crawl {crawl_id}")
-            try:
-                yield crawl
-            except BaseException as exc:  # re-raised below, after the crawl's tasks are gone
-                raised = exc
-            else:
-                crawl._ack_last()
-            nursery.cancel_scope.cancel()
+        with _one_shared_error():
+            async with trio.open_nursery() as nursery:
+                await nursery.start(crawl._run, name=f"shared crawl {crawl_id}")
+                try:
+                    yield crawl
+                except BaseException as exc:  # re-raised below, after the crawl's tasks are gone
+                    raised = exc
+                else:
+                    crawl._ack_last()
+                nursery.cancel_scope.cancel()
         if raised is not None:
             raise raised
+
+
+@contextmanager
+def _one_shared_error() -> Iterator[None]:
+    """A crawl task's SharedCrawlError (Redis gone for good) comes out as itself, not in
+    an ExceptionGroup: it is the one-line reason the worker ends."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        shared, rest = group.split(SharedCrawlError)
+        if shared is None or rest is not None:
+            raise
+        first: BaseException = shared
+        while isinstance(first, BaseExceptionGroup):
+            first = first.exceptions[0]
+        raise first from None
 
 
 async def shared_status(redis_url: str, crawl_id: str, *, host_limit: int = 1000) -> SharedStatus:
@@ -988,20 +1049,22 @@ async def run_worker(
     (`output` JSON Lines and `warc`, each named with :func:`worker_path`).
 
     With `stop_on_signals`, SIGINT/SIGTERM stop it gracefully (a second one: at once).
-    Returns this worker's statistics."""
+    The files are created with the first page: a worker that gets none leaves none.
+    Returns this worker's statistics; raises CrawlFinished when the crawl was over
+    before this worker joined (and `stay_open` is false)."""
     from ._output import JsonLinesWriter, WarcWriter
 
-    worker = worker_id if worker_id is not None else default_worker_id()
+    worker = check_worker_id(worker_id if worker_id is not None else default_worker_id())
+    check_crawl_id(crawl_id)  # before connecting: a usage error, not a Redis one
     if warc is not None and not config.keep_exchanges:
         config = replace(config, keep_exchanges=True)
     async with AsyncExitStack() as stack:
         writers: list[JsonLinesWriter | WarcWriter] = []
+        made: list[JsonLinesWriter | WarcWriter] = []
         if output is not None:
-            jsonl = JsonLinesWriter(worker_path(output, worker))
-            writers.append(await stack.enter_async_context(jsonl))
+            writers.append(JsonLinesWriter(worker_path(output, worker)))
         if warc is not None:
-            archive = WarcWriter(worker_path(warc, worker), config=config)
-            writers.append(await stack.enter_async_context(archive))
+            writers.append(WarcWriter(worker_path(warc, worker), config=config))
         crawl = await stack.enter_async_context(
             open_shared_crawl(
                 config,
@@ -1014,11 +1077,16 @@ async def run_worker(
                 stay_open=stay_open,
             )
         )
+        if crawl.finished_before is not None:
+            raise CrawlFinished(crawl_id, crawl.finished_before)
         async with trio.open_nursery() as nursery:
             if stop_on_signals:
                 nursery.start_soon(_stop_on_signals, crawl)
             async for page in crawl:
-                for writer in writers:
+                if not made:
+                    # Closed (flushed) before the crawl completes its last leases.
+                    made.extend([await stack.enter_async_context(w) for w in writers])
+                for writer in made:
                     await writer.write(page)
             nursery.cancel_scope.cancel()
         return crawl.statistics()

@@ -28,10 +28,16 @@ from ._fetch import Fetched, Fetcher
 from ._frontier import Frontier, Host, Request
 from ._page import ErrorKind, HostStatistics, Page, PageError, Statistics
 from ._retry import Action, judge, redirect_target, retry_delay
-from ._robots import Robots, RobotsStatus, robots_from_response, robots_source
+from ._robots import (
+    Robots,
+    RobotsStatus,
+    robots_from_fetch,
+    robots_from_response,
+    robots_source,
+)
 from ._shield import bounded_shield
 from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
-from ._unexpected import ends_crawl, failed_fetch, note_hook, unexpected_error
+from ._unexpected import ends_crawl, failed_fetch, unexpected_error
 from ._urls import origin_of
 
 # epoll rounds sleeps up to the millisecond: a dispatcher that wakes this late is
@@ -503,10 +509,7 @@ class Crawl:
         if host.robots.allows(request.url, config.user_agent):
             return True
         if host.robots.status is RobotsStatus.UNAVAILABLE:
-            error = host.robots.error or PageError(
-                ErrorKind.ROBOTS_UNAVAILABLE, host.robots.message
-            )
-            await self._deliver(request, host, None, error)
+            await self._deliver(request, host, None, host.robots.unavailable_error())
             return False
         if request.redirects:
             # The chain's first URL was fetched: it gets a record saying where it stopped.
@@ -544,14 +547,9 @@ class Crawl:
                     host.limiter.release_on_behalf_of(token)
                 if fetched.exchange is not None:
                     request.exchanges.append(fetched.exchange)
-                status, body = robots_source(fetched)
-                robots = robots_from_response(status, body, trio.current_time())
-                host.robots_source = (status, body)
-                if fetched.error is not None and fetched.error.kind is ErrorKind.BLOCKED:
-                    # Not the site failing: we may not connect to it at all.
-                    robots.error = fetched.error
-                    break
-                if robots.status is not RobotsStatus.UNAVAILABLE:
+                robots = robots_from_fetch(fetched, trio.current_time())
+                host.robots_source = robots_source(fetched)
+                if not robots.worth_retrying():
                     break
                 if attempt < self.config.retries:
                     await trio.sleep(retry_delay(attempt, self._rng))
@@ -965,21 +963,9 @@ class Crawl:
             await self._results_send.send(page)
 
     def _add_links(self, page: Page, into: list[NewUrl] | None = None) -> None:
-        depth = page.depth + 1
-        max_depth = self.config.max_depth
-        if max_depth is not None and depth > max_depth:
-            return
-        should_follow = self.config.should_follow
+        depth, links = self._frontier.admission.links_to_follow(page)
         seen = self._frontier.seen
-        for link in page.links:
-            if should_follow is not None:
-                try:
-                    follow = should_follow(link, page)
-                except Exception as exc:
-                    note_hook(exc, "should_follow")  # the caller's bug ends the crawl
-                    raise
-                if not follow:
-                    continue
+        for link in links:
             if link in seen:  # most links on a page: out before the call into admit()
                 continue
             self._add(link, depth, into=into, normalized=True)

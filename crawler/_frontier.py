@@ -1,22 +1,23 @@
-"""The frontier: admission rules (scope, filters, depth, dedup) and per-origin queues."""
+"""The frontier: admission (the rules of `_admission`, dedup, queue bounds) and per-origin
+queues."""
 
 from __future__ import annotations
 
 import builtins
 import math
-import re
 from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import trio
 
+from ._admission import Admission
 from ._bucket import LeakyBucket
 from ._config import CrawlConfig, HostLimits
 from ._page import Exchange, PageError
 from ._retry import decay_backoff, grow_backoff
 from ._robots import Robots, RobotsStatus
-from ._urls import Scope, host_of, looks_like_trap, normalize_url, origin_of, strip_userinfo
+from ._urls import host_of, normalize_url, origin_of
 
 
 @dataclass(slots=True, eq=False)
@@ -179,9 +180,8 @@ class Frontier:
         """`seen_cache`: the crawl has a durable state, which is the real seen-set and
         counts `max_pages`; keep only a `SeenCache` of that many URLs in memory."""
         self.config = config
-        self.scope = Scope(config.scope, config.seeds)
-        self._include = [re.compile(p) for p in config.include]
-        self._exclude = [re.compile(p) for p in config.exclude]
+        self.admission = Admission(config)
+        self.scope = self.admission.scope
         self.durable = seen_cache is not None
         self.seen: set[str] | SeenCache = set() if seen_cache is None else SeenCache(seen_cache)
         self.hosts: dict[str, Host] = {}
@@ -202,32 +202,19 @@ class Frontier:
         word (and counts max_pages). `normalized`: `url` comes from parse_html or a
         sitemap, canonical already (the hot path), so it is not normalised again."""
         config = self.config
-        if normalized:
-            canonical = url
+        admission = self.admission
+        if normalized and "@" not in url:
+            canonical: str | None = url  # the hot path: a link from parse_html
         else:
-            result = normalize_url(url, max_length=config.max_url_length)
-            if result is None:
-                self.dropped["invalid"] += 1
-                return None
-            canonical = url if result == url else result  # keep one copy of the string
-        if "@" in canonical:
-            canonical = strip_userinfo(canonical)
+            canonical = admission.canonical(url, normalized=normalized)
+        if canonical is None:
+            self.dropped["invalid"] += 1
+            return None
         if canonical in self.seen:
             return None
-        if config.max_depth is not None and depth > config.max_depth:
-            self.dropped["max_depth"] += 1
-            return None
-        if not self.scope.allows(canonical):
-            self.dropped["scope"] += 1
-            return None
-        if looks_like_trap(canonical, config.max_path_depth, config.max_path_repeats):
-            self.dropped["trap"] += 1
-            return None
-        if self._include and not any(p.search(canonical) for p in self._include):
-            self.dropped["include"] += 1
-            return None
-        if any(p.search(canonical) for p in self._exclude):
-            self.dropped["exclude"] += 1
+        refusal = admission.refusal(canonical, depth)
+        if refusal is not None:
+            self.dropped[refusal] += 1
             return None
         if not self.durable:
             host = self.hosts.get(origin_of(canonical))

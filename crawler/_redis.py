@@ -47,12 +47,15 @@ server computed.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
-from collections.abc import AsyncIterator, Mapping, Sequence
+import socket
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, TypeVar, cast
 from urllib.parse import unquote, urlsplit
 
 import trio
@@ -64,13 +67,18 @@ if TYPE_CHECKING:
     import coredis
 
 __all__ = [
+    "BadName",
     "Claim",
     "ClaimResult",
+    "CrawlFinished",
     "RedisFrontier",
+    "RedisUnavailable",
+    "RedisUrlError",
     "SharedCrawlError",
     "SharedHostStatus",
     "SharedStatus",
     "check_crawl_id",
+    "check_redis_url",
     "crawl_prefix",
     "open_redis",
 ]
@@ -89,13 +97,169 @@ _CRAWL_ID = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
 _WORKER_ID = re.compile(r"[A-Za-z0-9._:@-]{1,200}")
 
 
+T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
+
+RECONNECT_FOR = 60.0
+"""Seconds a worker keeps retrying while Redis cannot be reached (a restart, a failover)
+before it gives up with RedisUnavailable."""
+RECONNECT_FIRST = 0.05
+RECONNECT_MAX_DELAY = 5.0
+
+
 class SharedCrawlError(Exception):
-    """A shared crawl cannot be joined or used (bad id, settings that disagree, ...)."""
+    """A shared crawl cannot be joined or used (bad id, settings that disagree, ...).
+
+    The message is one line; `exit_status` is what the command line exits with."""
+
+    exit_status = 2
+
+
+class RedisUrlError(SharedCrawlError, ValueError):
+    """A Redis URL that names no server (a usage error)."""
+
+
+class BadName(SharedCrawlError, ValueError):
+    """A crawl id or worker id that cannot be used in key names (a usage error)."""
+
+
+class RedisUnavailable(SharedCrawlError):
+    """Redis could not be reached at start, or stayed out of reach for RECONNECT_FOR."""
+
+    exit_status = 1
+
+
+class CrawlFinished(SharedCrawlError):
+    """The shared crawl was over before this worker joined it: nothing to do."""
+
+    exit_status = 0
+
+    def __init__(self, crawl_id: str, pages: int) -> None:
+        super().__init__(
+            f"crawl id {crawl_id} is finished ({pages} pages); --reset it, or give"
+            " another crawl id, to crawl again"
+        )
+        self.crawl_id = crawl_id
+        self.pages = pages
+
+
+_REDIS_SCHEMES = ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster")
+
+
+def check_redis_url(url: str) -> str:
+    """`url` if it names a Redis server, else RedisUrlError (before any connection)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as exc:
+        raise RedisUrlError(f"bad Redis URL {_shown(url)!r}: {exc}") from None
+    if parts.scheme not in _REDIS_SCHEMES:
+        raise RedisUrlError(
+            f"bad Redis URL {_shown(url)!r}: expected redis://HOST[:PORT][/DB], rediss://, "
+            "unix:///PATH or redis+cluster://HOST[:PORT]"
+        )
+    if parts.scheme == "unix":
+        if not parts.path:
+            raise RedisUrlError(f"bad Redis URL {_shown(url)!r}: no socket path")
+        return url
+    if not parts.hostname:
+        raise RedisUrlError(f"bad Redis URL {_shown(url)!r}: no host")
+    if port == 0:
+        raise RedisUrlError(f"bad Redis URL {_shown(url)!r}: port 0")
+    db = parts.path.strip("/")
+    if db and not (db.isdigit() and "cluster" not in parts.scheme):
+        raise RedisUrlError(f"bad Redis URL {_shown(url)!r}: database {db!r} is not a number")
+    return url
+
+
+def _shown(url: str) -> str:
+    """`url` without its password, for messages."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        netloc = parts.netloc.rpartition("@")[2]
+        user = f"{parts.username}:***@" if parts.username else ":***@"
+        return parts._replace(netloc=user + netloc).geturl()
+    except ValueError:
+        return "<unparsable URL>"
+
+
+def _why(exc: BaseException) -> str:
+    """A short reason for a failed connection, from the first cause that names one."""
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if isinstance(cause, ConnectionRefusedError):
+            return "connection refused"
+        if isinstance(cause, socket.gaierror):
+            return "unknown host"
+        if isinstance(cause, TimeoutError):
+            return "timed out"
+        if isinstance(cause, ssl.SSLError):
+            return f"TLS error: {cause.reason or cause}"
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text
+
+
+def connection_errors() -> tuple[type[BaseException], ...]:
+    from coredis.exceptions import ConnectionError as RedisConnectionError
+
+    # BusyLoadingError (a restarted server loading its data) is a ConnectionError too.
+    return (RedisConnectionError, TimeoutError)
+
+
+async def retry_redis(
+    call: Callable[[], Awaitable[T]],
+    *,
+    shielded: bool = False,
+    give_up_after: float = RECONNECT_FOR,
+) -> T:
+    """`call()`, again with backoff while Redis cannot be reached, for up to
+    `give_up_after` seconds (then RedisUnavailable).
+
+    `shielded`: each attempt is a commit point, shielded from cancellation for at most
+    SETTLE_TIMEOUT; the waits between attempts are not (a stopping worker leaves what was
+    not applied to lease expiry). A script applied whose answer was lost is run again:
+    the scripts check their leases, so a replay changes nothing (a replayed claim's
+    leases expire unused)."""
+    errors = connection_errors()
+    deadline: float | None = None
+    delay = RECONNECT_FIRST
+    while True:
+        try:
+            result: list[T] = []
+            if not shielded:
+                result.append(await call())
+            else:
+                with bounded_shield(SETTLE_TIMEOUT):
+                    result.append(await call())
+                if not result:
+                    raise RedisUnavailable(f"Redis did not answer within {SETTLE_TIMEOUT:g} s")
+            if deadline is not None:
+                logger.warning("Redis is back")
+            return result[0]
+        except errors as exc:
+            now = trio.current_time()
+            if deadline is None:
+                deadline = now + give_up_after
+                logger.warning(
+                    "Redis unreachable (%s); retrying for up to %g s", _why(exc), give_up_after
+                )
+            if now >= deadline:
+                raise RedisUnavailable(
+                    f"lost Redis ({_why(exc)}) and it did not come back within {give_up_after:g} s"
+                ) from None
+            await trio.sleep(min(delay, deadline - now))
+            delay = min(delay * 2, RECONNECT_MAX_DELAY)
 
 
 def check_crawl_id(crawl_id: str) -> str:
     if not isinstance(crawl_id, str) or not _CRAWL_ID.fullmatch(crawl_id):
-        raise ValueError(
+        raise BadName(
             "crawl_id must be 1-200 characters of letters, digits and ._:@- "
             f"(no braces: it is the Redis Cluster hash tag), got {crawl_id!r}"
         )
@@ -104,7 +268,7 @@ def check_crawl_id(crawl_id: str) -> str:
 
 def check_worker_id(worker_id: str) -> str:
     if not isinstance(worker_id, str) or not _WORKER_ID.fullmatch(worker_id):
-        raise ValueError(
+        raise BadName(
             f"worker_id must be 1-200 characters of letters, digits and ._:@-, got {worker_id!r}"
         )
     return worker_id
@@ -284,8 +448,10 @@ local function ensure_host(spec)
   redis.call('SADD', K_HOSTSET, o)
 end
 
--- Admit one URL ({url, entry, origin, counts}); dedup by the seen-set.
-local function admit(link, max_pages, cap, touched)
+-- Admit one URL ({url, entry, origin, counts}); dedup by the seen-set. The bounds are
+-- those of the single-process engine: max_queued (a page's links and sitemaps, not
+-- redirect hops) against pending, the crawl-wide queued + leased + delayed count.
+local function admit(link, max_pages, cap, max_queued, touched)
   local url, e, o, counts = link[1], link[2], link[3], link[4]
   if counts == -1 then
     -- robots.txt (known to the sender) disallows it: mark it seen and count it once.
@@ -298,6 +464,11 @@ local function admit(link, max_pages, cap, touched)
     return 0
   end
   if redis.call('SISMEMBER', K_SEEN, url) == 1 then return 0 end
+  if counts == 1 and max_queued >= 0 and
+      tonumber(redis.call('HGET', K_STATS, 'pending') or '0') >= max_queued then
+    redis.call('HINCRBY', K_STATS, 'drop:max_queued', 1)
+    return 0
+  end
   if counts == 1 and max_pages >= 0 and
       tonumber(redis.call('HGET', K_STATS, 'admitted') or '0') >= max_pages then
     redis.call('HINCRBY', K_STATS, 'drop:max_pages', 1)
@@ -305,7 +476,7 @@ local function admit(link, max_pages, cap, touched)
   end
   local q = P..'q:'..o
   if redis.call('LLEN', q) >= cap then
-    redis.call('HINCRBY', K_STATS, 'drop:host_queue', 1)
+    redis.call('HINCRBY', K_STATS, 'drop:max_host_queue', 1)
     return 0
   end
   redis.call('SADD', K_SEEN, url)
@@ -321,7 +492,7 @@ local function admit_all(op, now)
   local touched = {}
   local added = 0
   for _, link in ipairs(op.links or {}) do
-    added = added + admit(link, op.max or -1, op.cap or 1e18, touched)
+    added = added + admit(link, op.max or -1, op.cap or 1e18, op.mq or -1, touched)
   end
   for o, _ in pairs(touched) do
     if not redis.call('ZSCORE', K_HOSTS, o) then rescore(o, load(o), now) end
@@ -525,7 +696,8 @@ for i, op in ipairs(ops) do
       put(o, h, 'robots_retry', fmt(now + op.retry))
       put(o, h, 'robots_attempts', tostring(num(h, 'robots_attempts') + 1))
     else
-      redis.call('HSET', P..'robots:'..o, 'status', op.status, 'body', op.body)
+      redis.call('HSET', P..'robots:'..o, 'status', op.status, 'body', op.body,
+        'error', op.error or '')
       put(o, h, 'robots', 'done')
       put(o, h, 'robots_expires', fmt(now + op.ttl))
       put(o, h, 'robots_attempts', '0')
@@ -714,8 +886,10 @@ async def open_redis(url: str) -> AsyncIterator[RedisClient]:
 
     ``redis://``, ``rediss://`` and ``unix://`` URLs name one server;
     ``redis+cluster://host:port`` (or ``rediss+cluster://``) names a Redis Cluster through
-    one of its nodes.
+    one of its nodes. A malformed URL raises RedisUrlError, a server that does not
+    answer PING RedisUnavailable, both before anything else happens.
     """
+    check_redis_url(url)
     try:
         import coredis
     except ImportError:
@@ -737,11 +911,27 @@ async def open_redis(url: str) -> AsyncIterator[RedisClient]:
     else:
         client = coredis.Redis.from_url(url, decode_responses=True)
     raised: BaseException | None = None
-    async with client:
-        try:
-            yield client
-        except BaseException as exc:  # re-raised below: the client's task group would wrap it
-            raised = exc
+    entered = False
+    failures: tuple[type[BaseException], ...] = (*connection_errors(), OSError)
+    # At start anything but an answer is a failure (a wrong password, a non-Redis port).
+    refused: tuple[type[BaseException], ...] = (*failures, coredis.exceptions.RedisError)
+    try:
+        async with client:
+            try:
+                try:
+                    await client.ping()
+                except refused as exc:
+                    raise RedisUnavailable(
+                        f"cannot reach Redis at {_shown(url)}: {_why(exc)}"
+                    ) from None
+                entered = True
+                yield client
+            except BaseException as exc:  # re-raised below: the client's task group would wrap it
+                raised = exc
+    except failures as exc:
+        if entered:
+            raise
+        raise RedisUnavailable(f"cannot reach Redis at {_shown(url)}: {_why(exc)}") from None
     if raised is not None:
         raise raised
 
@@ -766,7 +956,9 @@ class RedisFrontier:
         *,
         worker_id: str,
         lease: float = DEFAULT_LEASE,
+        reconnect_for: float = RECONNECT_FOR,
     ) -> None:
+        """`reconnect_for`: seconds to keep retrying while Redis cannot be reached."""
         if not (isinstance(lease, int | float) and math.isfinite(lease) and lease > 0):
             raise ValueError(f"lease must be a positive number of seconds, got {lease!r}")
         self.client = client
@@ -774,6 +966,7 @@ class RedisFrontier:
         self.worker_id = check_worker_id(worker_id)
         self.prefix = crawl_prefix(crawl_id)
         self.lease = float(lease)
+        self.reconnect_for = reconnect_for
         self._claim = client.register_script(CLAIM_LUA)
         self._settle = client.register_script(SETTLE_LUA)
         self._renew = client.register_script(RENEW_LUA)
@@ -786,8 +979,14 @@ class RedisFrontier:
     def key(self, name: str) -> str:
         return self.prefix + name
 
-    async def _call(self, script: Any, *args: str | int | float) -> Any:
-        return await script(self._keys, [self.prefix, *args])
+    async def _call(self, script: Any, *args: str | int | float, shielded: bool = False) -> Any:
+        """Run one script; while Redis is out of reach, again with backoff (`retry_redis`)."""
+        arguments = [self.prefix, *args]
+        return await retry_redis(
+            lambda: script(self._keys, arguments),
+            shielded=shielded,
+            give_up_after=self.reconnect_for,
+        )
 
     async def join(
         self,
@@ -798,6 +997,7 @@ class RedisFrontier:
         hosts: Sequence[Sequence[object]],
         max_pages: int | None,
         max_host_queue: int,
+        max_queued: int | None = None,
     ) -> tuple[dict[str, Any], int, int, int]:
         """Register the settings (the first worker's win), the seeds' scope and the seeds.
 
@@ -809,26 +1009,36 @@ class RedisFrontier:
             "hosts": [list(host) for host in hosts],
             "max": -1 if max_pages is None else max_pages,
             "cap": max_host_queue,
+            "mq": -1 if max_queued is None else max_queued,
         }
         raw = cast(list[str], await self._call(self._join, _dumps(spec), self.worker_id))
         return json.loads(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
 
+    async def finished_pages(self) -> int | None:
+        """The crawl's pages if it is over (nothing pending, something admitted: see
+        `SharedStatus.finished`), else None."""
+        key = self.key("stats")
+        pending, admitted, pages = await self._retry(
+            lambda: self.client.hmget(key, ["pending", "admitted", "pages"])
+        )
+        if int(pending or 0) == 0 and int(admitted or 0) > 0:
+            return int(pages or 0)
+        return None
+
     async def seeds(self) -> list[str]:
         """Every seed URL given by any worker (the shared scope)."""
-        return sorted(await self.client.smembers(self.key("seeds")))
+        key = self.key("seeds")
+        return sorted(await self._retry(lambda: self.client.smembers(key)))
 
     async def claim(self, n: int) -> ClaimResult:
         """Take up to `n` requests from hosts that may be sent one now.
 
         Shielded from cancellation (for at most SETTLE_TIMEOUT), like `settle`: a claim
         whose answer were lost would leave its leases to expire unused."""
-        raw: list[str] | None = None
-        with bounded_shield(SETTLE_TIMEOUT):
-            raw = cast(
-                list[str], await self._call(self._claim, n, repr(self.lease), self.worker_id)
-            )
-        if raw is None:
-            raise SharedCrawlError(f"Redis did not answer within {SETTLE_TIMEOUT:g} s")
+        raw = cast(
+            list[str],
+            await self._call(self._claim, n, repr(self.lease), self.worker_id, shielded=True),
+        )
         wait = float(raw[0]) if raw[0] else None
         claims = tuple(
             Claim(
@@ -863,19 +1073,32 @@ class RedisFrontier:
         """`settle` for several outcomes, applied in order in one atomic step."""
         mine = [_Settling(op) for op in ops]
         self._settling.extend(mine)
-        with bounded_shield(SETTLE_TIMEOUT):
+        try:
+            # Waiting here is not a commit point: a task cancelled meanwhile leaves its
+            # outcome to the worker's shutdown (or to lease expiry).
             async with self._settle_lock:
                 if any(s.code is None for s in mine) and self._settling:
                     batch, self._settling = self._settling, []
                     payload = _dumps([s.op for s in batch])
-                    codes = cast(list[str], await self._call(self._settle, payload, self.worker_id))
+                    try:
+                        codes = cast(
+                            list[str],
+                            await self._call(self._settle, payload, self.worker_id, shielded=True),
+                        )
+                    except BaseException:
+                        # Not applied: the other tasks' outcomes go in the next call.
+                        self._settling[:0] = [s for s in batch if s not in mine]
+                        raise
                     for each, code in zip(batch, codes, strict=True):
                         each.code = int(code)
+        except BaseException:
+            self._settling = [s for s in self._settling if s not in mine]
+            raise
         codes_out: list[int] = []
         for each in mine:
             if each.code is None:
-                self._settling = [s for s in self._settling if s not in mine]
-                raise SharedCrawlError(f"Redis did not answer within {SETTLE_TIMEOUT:g} s")
+                # Taken into a call of another task that failed: that task raised too.
+                raise RedisUnavailable("Redis did not take this worker's outcomes")
             codes_out.append(each.code)
         return codes_out
 
@@ -884,13 +1107,17 @@ class RedisFrontier:
         raw = await self._call(self._renew, _dumps(list(leases)), repr(self.lease), self.worker_id)
         return list(cast(list[str], raw))
 
-    async def robots(self, origin: str) -> tuple[int | None, bytes] | None:
+    async def robots(self, origin: str) -> tuple[int | None, bytes, str] | None:
         """robots.txt of `origin` as stored by whoever fetched it: (HTTP status or None for a
-        network failure, body), or None when nobody has stored it yet."""
-        status, body = await self.client.hmget(self.key(f"robots:{origin}"), ["status", "body"])
+        failed fetch, body, the failure's ErrorKind when it is worth keeping (`blocked`) or
+        ""), or None when nobody has stored it yet."""
+        key = self.key(f"robots:{origin}")
+        status, body, error = await self._retry(
+            lambda: self.client.hmget(key, ["status", "body", "error"])
+        )
         if status is None:
             return None
-        return (int(status) if status else None), (body or "").encode("utf-8")
+        return (int(status) if status else None), (body or "").encode("utf-8"), error or ""
 
     async def status(self, *, host_limit: int = 1000) -> SharedStatus:
         """Crawl-wide progress, with at most `host_limit` hosts (alphabetical)."""
@@ -951,6 +1178,9 @@ class RedisFrontier:
             settings=json.loads(raw[8]) if raw[8] else {},
         )
 
+    async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
+        return await retry_redis(call, give_up_after=self.reconnect_for)
+
     async def _origins(self) -> list[str]:
         return sorted(await self.client.smembers(self.key("hostset")))
 
@@ -973,40 +1203,3 @@ def _dumps(value: object) -> str:
 
 def _glob_escape(text: str) -> str:
     return re.sub(r"([*?\[\]\\])", r"\\\1", text)
-
-
-def format_status(status: SharedStatus, *, hosts: int = 20) -> str:
-    """A plain-text report of a shared crawl's progress (the `--status` output)."""
-    state = "finished" if status.finished else ("empty" if status.admitted == 0 else "running")
-    lines = [
-        f"crawl {status.crawl_id}: {state}",
-        f"  queued {status.queued}  leased (in flight) {status.leased}  delayed {status.delayed}"
-        f"  pending {status.pending}",
-        f"  pages {status.pages}  done {status.pages - status.errors}  errors {status.errors}"
-        f"  bytes {status.bytes}  seen {status.seen}",
-        f"  disallowed {status.disallowed}  redirects {status.redirects}"
-        f"  retries {status.retries}  recovered leases {status.recovered}",
-    ]
-    if status.errors_by_kind:
-        kinds = ", ".join(f"{k} {v}" for k, v in sorted(status.errors_by_kind.items()))
-        lines.append(f"  errors by kind: {kinds}")
-    if status.dropped:
-        dropped = ", ".join(f"{k} {v}" for k, v in sorted(status.dropped.items()))
-        lines.append(f"  dropped: {dropped}")
-    if status.workers:
-        lines.append("  workers (seconds since last heard from):")
-        for worker, age in sorted(status.workers.items()):
-            lines.append(f"    {worker}  {age:.1f}")
-    lines.append(f"  hosts: {status.host_count}")
-    shown = sorted(status.hosts.values(), key=lambda h: (-h.queued - h.leased, h.origin))
-    for host in shown[:hosts]:
-        rate = f"{host.rate:g}/s" if host.rate else "unlimited"
-        extra = f"  paused {host.paused_for:.1f}s" if host.paused_for > 0 else ""
-        extra += f"  backoff {host.backoff:g}s" if host.backoff else ""
-        lines.append(
-            f"    {host.origin}  queued {host.queued}  leased {host.leased}/{host.per_host}"
-            f"  done {host.done}  errors {host.errors}  rate {rate}  robots {host.robots}{extra}"
-        )
-    if len(shown) > hosts:
-        lines.append(f"    ... {len(shown) - hosts} more")
-    return "\n".join(lines)

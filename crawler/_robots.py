@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 from protego import Protego
 
-from ._page import PageError
+from ._page import ErrorKind, PageError
 
 if TYPE_CHECKING:
     from ._fetch import Fetched
@@ -62,6 +62,15 @@ class Robots:
                 return True
         return self.status is not RobotsStatus.UNAVAILABLE
 
+    def unavailable_error(self) -> PageError:
+        """The error of a page held back because robots.txt is unavailable."""
+        return self.error or PageError(ErrorKind.ROBOTS_UNAVAILABLE, self.message)
+
+    def worth_retrying(self) -> bool:
+        """A failed fetch that another attempt may fix: not one of a host we may not
+        connect to at all (``block_private``)."""
+        return self.status is RobotsStatus.UNAVAILABLE and self.error is None
+
     def interval(self, user_agent: str) -> float:
         """Seconds between requests that Crawl-delay / Request-rate ask for (0 = none)."""
         if self.status is not RobotsStatus.PARSED or self.parser is None:
@@ -94,20 +103,41 @@ def robots_source(fetched: Fetched) -> tuple[int | None, bytes]:
     return fetched.status, fetched.body
 
 
-def robots_from_response(status: int | None, body: bytes, now: float) -> Robots:
+def robots_from_fetch(fetched: Fetched, now: float) -> Robots:
+    """`robots_from_response` of a fetch; a host we may not connect to (BLOCKED) keeps
+    that error, which its pages then carry instead of ``robots_unavailable``."""
+    status, body = robots_source(fetched)
+    return robots_from_response(status, body, now, error=robots_error(fetched))
+
+
+def robots_error(fetched: Fetched) -> ErrorKind | None:
+    """The error kind to keep with a robots.txt fetch (see `robots_from_response`)."""
+    if fetched.error is not None and fetched.error.kind is ErrorKind.BLOCKED:
+        return ErrorKind.BLOCKED  # not the site failing: we may not connect to it at all
+    return None
+
+
+def robots_from_response(
+    status: int | None, body: bytes, now: float, *, error: ErrorKind | None = None
+) -> Robots:
     """Interpret a robots.txt fetch the way the major search engines do (RFC 9309 2.3.1).
 
-    ``status`` None: the fetch failed, and ``body`` says why (see `robots_source`)."""
+    ``status`` None: the fetch failed, and ``body`` says why (see `robots_source`);
+    `error` (from `robots_error`): the host's pages fail with that error, not
+    ``robots_unavailable``, and no retry is worth it."""
     if status is None or status >= 500:
         if status is None:
             why = ": " + (body.decode("utf-8", "replace") or "network failure")
         else:
             why = f" (HTTP {status})"
-        return Robots(
+        robots = Robots(
             RobotsStatus.UNAVAILABLE,
             expires=now + ROBOTS_RETRY,
             message=f"robots.txt unavailable{why}; host treated as disallowed for now",
         )
+        if status is None and error is not None:
+            robots.error = PageError(error, body.decode("utf-8", "replace"))
+        return robots
     if status >= 400:
         return Robots(RobotsStatus.ALLOW_ALL, expires=now + ROBOTS_TTL, message=f"HTTP {status}")
     if status >= 300:

@@ -99,3 +99,51 @@ def redis_for_tests() -> Iterator[str]:
 
 def unique_crawl_id(prefix: str = "t") -> str:
     return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+class RestartableRedis:
+    """A private redis-server that keeps its data across a restart on the same port (an
+    append-only file synced on every write), for tests of workers riding out an outage."""
+
+    def __init__(self, binary: str, directory: str) -> None:
+        self.binary = binary
+        self.directory = directory
+        self.port = _free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        cmd = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", ""]
+        cmd += ["--appendonly", "yes", "--appendfsync", "always", "--dir", self.directory]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + START_TIMEOUT
+        while not ping(self.url):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start on port {self.port}")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM: it finishes its append-only file first) and wait for it."""
+        if self.proc is None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+@contextlib.contextmanager
+def restartable_redis(directory: str) -> Iterator[RestartableRedis]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        unavailable("no redis-server on PATH: restarts need a private one")
+        raise AssertionError("unreachable")  # pragma: no cover - unavailable() raises
+    server = RestartableRedis(binary, directory)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import replace
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -619,3 +621,308 @@ async def test_crawl_command_runs_a_shared_worker(
                 check=False,
             )
             assert usage.returncode == 2 and b"--crawl-id" in usage.stderr
+
+
+# ---------------------------------------------------------------------------------------
+# The same admission rules and robots.txt verdicts as the single-process engine
+
+
+async def _shared_pages(
+    config: crawler.CrawlConfig,
+    redis_url: str,
+    crawl_id: str,
+    workers: int,
+    transport: Any = None,
+    **options: Any,
+) -> tuple[list[crawler.Page], list[crawler.Statistics]]:
+    pages: list[crawler.Page] = []
+    stats: list[crawler.Statistics] = []
+
+    async def worker(name: str) -> None:
+        async with open_shared_crawl(
+            config,
+            redis_url=redis_url,
+            crawl_id=crawl_id,
+            worker_id=name,
+            transport=transport,
+            **options,
+        ) as crawl:
+            pages.extend([page async for page in crawl])
+            stats.append(crawl.statistics())
+
+    async with trio.open_nursery() as nursery:
+        for i in range(workers):
+            nursery.start_soon(worker, f"w{i}")
+    return pages, stats
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_a_link_trap_is_cut_as_in_one_process(
+    redis_url: str, crawl_id: str, workers: int
+) -> None:
+    from crawler._urls import looks_like_trap
+
+    async with open_site_server(ports=1, pages=3) as server:
+        # /trap/ links to ./x and ./N forever: only the path rules end the crawl.
+        config = _config(server, seeds=(server.url(0, "/trap/"),), max_path_depth=5)
+        with trio.fail_after(30):
+            async with crawler.open_crawl(config) as single:
+                alone = {page.url async for page in single}
+                assert single.statistics().dropped["trap"] > 0
+            pages, stats = await _shared_pages(config, redis_url, crawl_id, workers)
+        shared = [page.url for page in pages]
+        assert len(shared) == len(set(shared))
+        assert set(shared) == alone
+        assert not [url for url in shared if looks_like_trap(url, 5, 3)]
+        dropped = sum(s.dropped.get("trap", 0) for s in stats)
+        status = await shared_status(redis_url, crawl_id)
+        assert dropped > 0 and status.dropped["trap"] == dropped and status.finished
+
+
+async def test_a_host_we_may_not_connect_to_is_blocked_as_in_one_process(
+    redis_url: str, crawl_id: str
+) -> None:
+    from crawler._guard import AddressGuard
+    from crawler._transport import TrioTransport
+    from tests.test_guard import FakeResolver
+
+    trio.socket.set_custom_hostname_resolver(FakeResolver({"intranet.test": ["10.0.0.7"]}))
+    async with open_site_server(ports=1, pages=2) as server:
+        secret = "http://intranet.test/secret"
+        config = _config(server, seeds=(server.url(0), secret), scope="any", max_depth=0)
+        errors: dict[str, dict[str, str | None]] = {}
+        for mode in ("single", "shared"):
+            guard = AddressGuard(["127.0.0.1"])
+            with trio.fail_after(30):
+                async with TrioTransport(connect=guard) as transport:
+                    if mode == "single":
+                        async with crawler.open_crawl(config, transport=transport) as crawl:
+                            pages = [page async for page in crawl]
+                    else:
+                        pages, _ = await _shared_pages(
+                            config, redis_url, crawl_id, 1, transport=transport
+                        )
+            errors[mode] = {p.url: p.error.kind if p.error else None for p in pages}
+            # robots.txt of the blocked host was tried once: no retry can make it reachable.
+            assert guard.blocked == 1, mode
+        assert errors["shared"] == errors["single"]
+        assert errors["single"][secret] == "blocked"
+
+
+# ---------------------------------------------------------------------------------------
+# The engine's bounds in shared mode
+
+
+async def test_max_time_stops_a_worker_gracefully(redis_url: str, crawl_id: str) -> None:
+    async with open_site_server(ports=1, pages=300, latency=0.05) as server:
+        config = _config(server, per_host=2, max_time=1.0)
+        with trio.fail_after(20):
+            start = trio.current_time()
+            async with open_shared_crawl(
+                config, redis_url=redis_url, crawl_id=crawl_id, worker_id="w"
+            ) as crawl:
+                pages = [page async for page in crawl]
+                stats = crawl.statistics()
+            took = trio.current_time() - start
+        assert stats.stopped == "max_time" and stats.pages == len(pages) > 0
+        assert 1.0 <= took < 3.0, took  # the requests under way finished, nothing more
+        assert server.in_flight == 0
+        status = await shared_status(redis_url, crawl_id)
+        # The rest stays queued for the next worker; nothing is left leased.
+        assert not status.finished and status.leased == 0 and status.queued > 0
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_max_queued_bounds_the_shared_frontier(
+    redis_url: str, crawl_id: str, workers: int
+) -> None:
+    async with open_site_server(ports=1, pages=300, links_per_page=20) as server:
+        config = _config(server, max_queued=30)
+        peak = 0
+
+        async def watch(client: Any, key: str) -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, int(await client.hget(key, "pending") or 0))
+                await trio.sleep(0.002)
+
+        with trio.fail_after(30):
+            async with open_redis(redis_url) as client, trio.open_nursery() as nursery:
+                key = RedisFrontier(client, crawl_id, worker_id="test").key("stats")
+                nursery.start_soon(watch, client, key)
+                pages, _ = await _shared_pages(config, redis_url, crawl_id, workers)
+                nursery.cancel_scope.cancel()
+        status = await shared_status(redis_url, crawl_id)
+        # Dropped links come back through other pages of this densely linked site.
+        assert status.finished and status.dropped["max_queued"] > 0
+        assert 0 < peak <= 30 and status.pages == len(pages)
+
+
+# ---------------------------------------------------------------------------------------
+# How a worker starts and ends
+
+
+async def _crawl_command(*args: str) -> subprocess.CompletedProcess[bytes]:
+    with trio.fail_after(60):
+        return await trio.run_process(
+            [sys.executable, "-m", "crawler", *args],
+            cwd=ROOT,
+            env=_env(),
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
+
+
+@pytest.mark.parametrize(
+    ("url", "code", "message"),
+    [
+        (
+            "redis://127.0.0.1:1/0",
+            1,
+            "crawl: error: cannot reach Redis at redis://127.0.0.1:1/0: connection refused",
+        ),
+        ("foo://", 2, "crawl: error: bad Redis URL 'foo://': expected redis://"),
+        ("redis://host:notaport", 2, "crawl: error: bad Redis URL 'redis://host:notaport': "),
+        ("redis://:pw@127.0.0.1:1/0", 1, "crawl: error: cannot reach Redis at redis://:***@"),
+    ],
+)
+async def test_a_worker_that_cannot_start_says_why_in_one_line(
+    tmp_path: Path, url: str, code: int, message: str
+) -> None:
+    out = tmp_path / "out.jsonl"
+    result = await _crawl_command(
+        "--redis", url, "--crawl-id", "x", "-o", str(out), "http://127.0.0.1:9/"
+    )
+    lines = result.stderr.decode().splitlines()
+    assert result.returncode == code and len(lines) == 1, result.stderr.decode()
+    assert lines[0].startswith(message) and "pw" not in lines[0]
+    assert not os.listdir(tmp_path)  # no output file
+    status = await _crawl_command("--redis", url, "--crawl-id", "x", "--status")
+    assert status.returncode == code and status.stderr.decode().splitlines() == lines[:1]
+
+
+async def test_a_worker_joining_a_finished_crawl_says_so(
+    tmp_path: Path, redis_url: str, crawl_id: str
+) -> None:
+    async with open_site_server(ports=1, pages=20) as server:
+        config = _config(server)
+        with trio.fail_after(30):
+            pages, _ = await _shared_pages(config, redis_url, crawl_id, 1)
+        out = tmp_path / "out.jsonl"
+        for seeds in ([server.url(0)], []):
+            result = await _crawl_command(
+                "--redis", redis_url, "--crawl-id", crawl_id, "-o", str(out), *seeds
+            )
+            assert result.returncode == 0, result.stderr.decode()
+            assert result.stderr.decode() == (
+                f"crawl: crawl id {crawl_id} is finished ({len(pages)} pages); "
+                "--reset it, or give another crawl id, to crawl again\n"
+            )
+            assert not os.listdir(tmp_path)  # nothing written, not even an empty file
+
+
+async def test_a_worker_that_gets_no_page_leaves_no_file(
+    tmp_path: Path, redis_url: str, crawl_id: str
+) -> None:
+    async with open_site_server(ports=1, pages=5) as server:
+        # The crawl's one URL never answers and is leased to the first worker: the second
+        # finds nothing to do until the crawl ends.
+        config = _config(
+            server,
+            seeds=(server.url(0, "/stall"),),
+            max_depth=0,
+            timeout=2.0,
+            retries=0,
+            obey_robots=False,
+        )
+        idle = replace(config, seeds=(), stay_open=True)
+        out = tmp_path / "out.jsonl"
+        with trio.fail_after(30):
+            async with open_redis(redis_url) as client, trio.open_nursery() as nursery:
+                nursery.start_soon(
+                    partial(run_worker, config, redis_url=redis_url, crawl_id=crawl_id)
+                )
+                leased = RedisFrontier(client, crawl_id, worker_id="test").key("leased")
+                while not await client.hlen(leased):  # noqa: ASYNC110 - polled in Redis
+                    await trio.sleep(0.005)
+                stats = await run_worker(
+                    idle,
+                    redis_url=redis_url,
+                    crawl_id=crawl_id,
+                    worker_id="idle",
+                    output=out,
+                    stay_open=False,
+                )
+        assert stats.pages == 0
+        assert not await trio.Path(worker_path(out, "idle")).exists()
+        status = await shared_status(redis_url, crawl_id)
+        assert status.finished and status.pages == 1
+
+
+@pytest.mark.parametrize("lease", [30.0, 1.0])
+async def test_workers_ride_out_a_redis_restart(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, lease: float
+) -> None:
+    from tests.redisserver import restartable_redis
+
+    (tmp_path / "redis").mkdir()
+    crawl_id = unique_crawl_id("restart")
+    with restartable_redis(str(tmp_path / "redis")) as redis:
+        async with open_site_server(ports=1, pages=60, latency=0.1) as server:
+            config = _config(server, per_host=4, concurrency=4)
+
+            async def restart(client: Any) -> None:
+                leased = RedisFrontier(client, crawl_id, worker_id="test").key("leased")
+                # Mid-crawl, with requests under way (leases held).
+                while len(server.log) < 10 or not await client.hlen(leased):  # noqa: ASYNC110
+                    await trio.sleep(0.005)
+                await trio.to_thread.run_sync(redis.stop)
+                down_at = trio.current_time()
+                while not any("unreachable" in r.getMessage() for r in caplog.records):  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+                if lease < 5:
+                    # Down for longer than a lease: the leases expire in Redis's clock.
+                    await trio.sleep_until(down_at + 2 * lease)
+                await trio.to_thread.run_sync(redis.start)
+
+            with trio.fail_after(60):
+                async with open_redis(redis.url) as client, trio.open_nursery() as nursery:
+                    nursery.start_soon(restart, client)
+                    pages, _ = await _shared_pages(
+                        config, redis.url, crawl_id, 2, lease=lease, reconnect_for=30.0
+                    )
+            urls = [page.url for page in pages]
+            status = await shared_status(redis.url, crawl_id)
+    assert any("Redis is back" in r.getMessage() for r in caplog.records)
+    # Nothing lost.
+    assert set(urls) == server.reachable_urls()
+    assert status.finished and status.leased == 0 and status.pages == len(set(urls))
+    if lease > 5:
+        assert len(urls) == len(set(urls))  # nothing expired: nothing fetched twice
+    else:
+        # The expired leases went back and were claimed again; a page is written twice
+        # only if its first holder had written it (at most its requests under way).
+        assert status.recovered >= 1
+        assert len(urls) - len(set(urls)) <= 2 * config.concurrency
+
+
+async def test_a_worker_gives_up_when_redis_stays_away(tmp_path: Path) -> None:
+    from crawler._redis import RedisUnavailable
+    from tests.redisserver import restartable_redis
+
+    (tmp_path / "redis").mkdir()
+    with restartable_redis(str(tmp_path / "redis")) as redis:
+        async with open_site_server(ports=1, pages=60, latency=0.1) as server:
+            config = _config(server, per_host=2, concurrency=2)
+            with trio.fail_after(30), pytest.raises(RedisUnavailable, match="within 1 s"):
+                async with open_shared_crawl(
+                    config,
+                    redis_url=redis.url,
+                    crawl_id=unique_crawl_id("gone"),
+                    worker_id="w",
+                    reconnect_for=1.0,
+                ) as crawl:
+                    async for _ in crawl:
+                        if redis.proc is not None:
+                            await trio.to_thread.run_sync(redis.stop)

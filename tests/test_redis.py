@@ -189,7 +189,7 @@ async def test_crawl_delay_from_robots_sets_the_shared_interval(client: RedisCli
             "interval": 0.3, "ttl": 3600.0,
         }  # fmt: skip
         assert await a.settle(op) == 1
-        assert await a.robots(ORIGIN) == (200, body.encode())
+        assert await a.robots(ORIGIN) == (200, body.encode(), "")
         # The slower pace counts from now, with no burst.
         first = await b.claim(5)
         assert first.claims == ()
@@ -519,3 +519,31 @@ async def test_status_reports_queues_leases_and_hosts(client: RedisClient) -> No
         assert status.hosts[other].rate == 2.0 and status.hosts[ORIGIN].rate == 0.0
         assert status.settings == SETTINGS
         assert set(status.workers) == {"w1"}
+
+
+@pytest.mark.parametrize(
+    ("url", "ok"),
+    [
+        ("redis://127.0.0.1:6379/0", True),
+        ("redis://h", True),
+        ("rediss://:pw@h:6380/2", True),
+        ("unix:///run/redis.sock", True),
+        ("redis+cluster://h:7000", True),
+        ("foo://", False),
+        ("redis://", False),
+        ("redis://host:notaport", False),
+        ("redis://h:6379/x", False),
+        ("redis+cluster://h:7000/1", False),
+        ("unix://", False),
+        ("h:6379", False),
+    ],
+)
+def test_redis_urls_are_checked_before_connecting(url: str, ok: bool) -> None:
+    from crawler._redis import RedisUrlError, check_redis_url
+
+    if ok:
+        assert check_redis_url(url) == url
+    else:
+        with pytest.raises(RedisUrlError, match="bad Redis URL") as raised:
+            check_redis_url(url)
+        assert "pw" not in str(raised.value) and "\n" not in str(raised.value)
