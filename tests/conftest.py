@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.redisserver import redis_for_tests, unique_crawl_id
 from tests.siteserver import SiteServer, open_site_server
 
 
@@ -14,3 +15,21 @@ async def site_server() -> AsyncIterator[SiteServer]:
     """A two-port :class:`~tests.siteserver.SiteServer` with default options."""
     async with open_site_server(ports=2) as server:
         yield server
+
+
+@pytest.fixture(scope="module")
+def redis_url() -> Iterator[str]:
+    """A Redis server for one test module (a private redis-server when one is installed)."""
+    with redis_for_tests() as url:
+        yield url
+
+
+@pytest.fixture
+async def crawl_id(redis_url: str, request: pytest.FixtureRequest) -> AsyncIterator[str]:
+    """A fresh crawl id, named after the test module; its keys are deleted afterwards."""
+    from crawler._redis import RedisFrontier, open_redis
+
+    name = unique_crawl_id(request.module.__name__.rsplit(".", 1)[-1].removeprefix("test_"))
+    yield name
+    async with open_redis(redis_url) as client:
+        await RedisFrontier(client, name, worker_id="cleanup").delete()

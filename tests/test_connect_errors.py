@@ -8,7 +8,6 @@ import json
 import os
 import socket
 import sys
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import httpx
@@ -19,10 +18,8 @@ import crawler
 from crawler._distributed import open_shared_crawl
 from crawler._fetch import Fetched
 from crawler._page import ErrorKind, PageError
-from crawler._redis import RedisFrontier, open_redis
 from crawler._robots import RobotsStatus, robots_from_response, robots_source
 from crawler._transport import TrioTransport
-from tests.redisserver import redis_for_tests, unique_crawl_id
 
 ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 30.0
@@ -122,20 +119,6 @@ def test_a_failed_robots_fetch_keeps_its_cause() -> None:
 
 # ---------------------------------------------------------------------------
 # Shared crawl: the worker that fetched robots.txt is not the one that reports the URLs
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_for_tests() as url:
-        yield url
-
-
-@pytest.fixture
-async def crawl_id(redis_url: str) -> AsyncIterator[str]:
-    name = unique_crawl_id("connect-errors")
-    yield name
-    async with open_redis(redis_url) as client:
-        await RedisFrontier(client, name, worker_id="cleanup").delete()
 
 
 async def test_shared_crawl_robots_unavailable_says_why(redis_url: str, crawl_id: str) -> None:

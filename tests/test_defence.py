@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +22,8 @@ import crawler._retry
 from crawler._build import build_page
 from crawler._fetch import Fetcher
 from crawler._links import parse_html
-from crawler._redis import RedisFrontier, open_redis
 from crawler._unexpected import ends_crawl, note_hook, unexpected_error
 from tests.mocksite import MockSite, chain_site
-from tests.redisserver import redis_for_tests, unique_crawl_id
 from tests.siteserver import open_site_server
 
 A = "http://a.test"
@@ -217,20 +214,6 @@ def test_what_ends_the_crawl() -> None:
 
 
 # -- the shared-crawl worker ------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_for_tests() as url:
-        yield url
-
-
-@pytest.fixture
-async def crawl_id(redis_url: str) -> AsyncIterator[str]:
-    name = unique_crawl_id("defence")
-    yield name
-    async with open_redis(redis_url) as client:
-        await RedisFrontier(client, name, worker_id="cleanup").delete()
 
 
 async def test_a_bug_in_a_shared_crawl_is_one_error_record(

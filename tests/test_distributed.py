@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
@@ -31,7 +31,7 @@ from crawler._distributed import (
     worker_path,
 )
 from crawler._redis import RedisFrontier, SharedCrawlError, open_redis
-from tests.redisserver import redis_for_tests, unique_crawl_id
+from tests.redisserver import unique_crawl_id
 from tests.siteserver import (
     RequestRecord,
     SiteServer,
@@ -49,20 +49,6 @@ request reaches the server a little after its grant, by a varying amount: measur
 claim's reply to the request leaving the worker, p50 0.5 ms, p99 ~20 ms, max ~40 ms with
 three workers, the server and Redis sharing two busy cores. (Without a shared budget, three
 workers would send three times the rate: 60 requests in a 1 s window, not 22.)"""
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_for_tests() as url:
-        yield url
-
-
-@pytest.fixture
-async def crawl_id(redis_url: str) -> AsyncIterator[str]:
-    name = unique_crawl_id("crawl")
-    yield name
-    async with open_redis(redis_url) as client:
-        await RedisFrontier(client, name, worker_id="cleanup").delete()
 
 
 def _env() -> dict[str, str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections import Counter
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -24,16 +24,10 @@ from crawler._redis import (
     crawl_prefix,
     open_redis,
 )
-from tests.redisserver import redis_for_tests, unique_crawl_id
+from tests.redisserver import unique_crawl_id
 
 ORIGIN = "http://a.test"
 SETTINGS = {"test": True}
-
-
-@pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    with redis_for_tests() as url:
-        yield url
 
 
 @pytest.fixture
