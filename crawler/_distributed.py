@@ -430,7 +430,7 @@ class SharedCrawl:
             canonical = normalize_url(seed, max_length=config.max_url_length)
             if canonical is not None:
                 scope.append(canonical)
-        self._admit(config.seeds, 0, admitted, filter_robots=False)
+        self._admit(config.seeds, 0, admitted)
         settings = shared_settings(config)
         theirs, version, added, pending = await self.frontier.join(
             settings,
@@ -891,10 +891,8 @@ class SharedCrawl:
         admitted: _Admitted,
         *,
         sitemap: bool = False,
-        filter_robots: bool = True,
         normalized: bool = False,
     ) -> None:
-        config = self.config
         admission = self._admission
         new_hosts = {str(h[0]) for h in admitted.hosts}
         for url in urls:
@@ -907,13 +905,10 @@ class SharedCrawl:
                 admitted.drops[refusal] += 1
                 continue
             origin = origin_of(canonical)
-            counts = 1
-            if filter_robots and config.obey_robots:
-                known = self._robots.get(origin)
-                if known is not None and not known[1].allows(canonical, config.user_agent):
-                    counts = -1
             entry = _entry(canonical, depth, sitemap=sitemap)
-            admitted.links.append([canonical, entry, origin, counts])
+            # robots.txt is judged when the URL's turn comes (_url_job), as in one process:
+            # a disallowed URL counts towards max_pages and in this worker's statistics.
+            admitted.links.append([canonical, entry, origin, 1])
             if origin not in self._known_hosts and origin not in new_hosts:
                 new_hosts.add(origin)
                 admitted.hosts.append(self._host_spec(canonical, origin))

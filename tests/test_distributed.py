@@ -665,6 +665,28 @@ async def test_a_link_trap_is_cut_as_in_one_process(
         assert dropped > 0 and status.dropped["trap"] == dropped and status.finished
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+async def test_disallowed_urls_are_counted_by_the_workers_as_in_one_process(
+    redis_url: str, crawl_id: str, workers: int
+) -> None:
+    # Links to disallowed URLs found once robots.txt was known used to be counted by Redis
+    # alone (the sender filtered them): the workers' statistics said 0 where one process
+    # said 11.
+    robots = "User-agent: *\nDisallow: /page/1\n"
+    async with open_site_server(ports=1, pages=30, robots=robots) as server:
+        config = _config(server)
+        with trio.fail_after(30):
+            async with crawler.open_crawl(config) as single:
+                alone = {page.url async for page in single}
+                expected = single.statistics().disallowed
+            pages, stats = await _shared_pages(config, redis_url, crawl_id, workers)
+        assert expected == 11  # /page/1 and /page/10 to /page/19
+        assert {page.url for page in pages} == alone
+        assert sum(s.disallowed for s in stats) == expected
+        status = await shared_status(redis_url, crawl_id)
+        assert status.disallowed == expected and status.finished
+
+
 async def test_a_host_we_may_not_connect_to_is_blocked_as_in_one_process(
     redis_url: str, crawl_id: str
 ) -> None:
