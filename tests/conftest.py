@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 
+from tests.crawlmodes import MODES, REDIS_MODES, Crawl, crawler_for
 from tests.redisserver import redis_for_tests, unique_crawl_id
 from tests.siteserver import SiteServer, open_site_server
 
@@ -33,3 +35,13 @@ async def crawl_id(redis_url: str, request: pytest.FixtureRequest) -> AsyncItera
     yield name
     async with open_redis(redis_url) as client:
         await RedisFrontier(client, name, worker_id="cleanup").delete()
+
+
+@pytest.fixture(params=MODES)
+def mode(request: pytest.FixtureRequest, tmp_path: Path) -> Crawl:
+    """``await mode(config) -> (pages, statistics)`` on each backend in turn: in memory,
+    with a durable state, by one and by two Redis workers (see tests/crawlmodes.py).
+    Real sockets and a real clock only: shared workers need Redis, not a mock clock."""
+    name: str = request.param
+    redis_url = request.getfixturevalue("redis_url") if name in REDIS_MODES else None
+    return crawler_for(name, tmp_path, redis_url)

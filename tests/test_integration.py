@@ -6,12 +6,13 @@ import httpx
 import trio
 
 import crawler
+from tests.crawlmodes import Crawl
 from tests.siteserver import open_site_server
 
 EPS = 0.01  # the server shares our event loop: its timestamps include scheduling delay
 
 
-async def test_crawls_a_loopback_site_politely() -> None:
+async def test_crawls_a_loopback_site_politely(mode: Crawl) -> None:
     async with open_site_server(ports=2, pages=150, latency=0.02) as server:
         config = crawler.CrawlConfig(
             seeds=(server.url(0), server.url(1)),
@@ -21,13 +22,10 @@ async def test_crawls_a_loopback_site_politely() -> None:
             concurrency=16,
             obey_robots=True,
         )
-        urls: list[str] = []
         with trio.fail_after(60):
-            async with crawler.open_crawl(config) as crawl:
-                async for page in crawl:
-                    assert page.error is None, page
-                    urls.append(page.final_url)
-                stats = crawl.statistics()
+            pages, stats = await mode(config)
+        assert not [page for page in pages if page.error is not None]
+        urls = [page.final_url for page in pages]
 
         assert len(urls) == len(set(urls))
         assert set(urls) == server.reachable_urls()
@@ -44,11 +42,11 @@ async def test_crawls_a_loopback_site_politely() -> None:
             assert len(records) / span <= 40.0 * 1.05
 
 
-async def test_server_sees_exact_spacing_at_burst_one() -> None:
+async def test_server_sees_exact_spacing_at_burst_one(mode: Crawl) -> None:
     async with open_site_server(ports=1, pages=40) as server:
         config = crawler.CrawlConfig(seeds=(server.url(0),), rate=25.0, per_host=4)
         with trio.fail_after(60):
-            await crawler.crawl(config)
+            await mode(config)
         gaps = server.start_gaps(0)
         assert len(gaps) >= 40
         assert min(gaps) >= 1 / 25.0 - EPS

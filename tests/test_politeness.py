@@ -20,7 +20,9 @@ from crawler._retry import (
     parse_retry_after,
     retry_delay,
 )
+from tests.crawlmodes import Crawl
 from tests.mocksite import MockSite, chain_site, html, merge
+from tests.siteserver import open_site_server
 
 A = "http://a.test"
 B = "http://b.test"
@@ -406,3 +408,23 @@ async def test_cdata_sitemap_entries_are_crawled(autojump_clock: trio.testing.Mo
     with trio.fail_after(60):
         pages, _ = await collect(config(sitemaps=True), site)
     assert pages[f"{A}/hidden"].title == "hidden"
+
+
+async def test_robots_on_a_loopback_site_in_every_mode(mode: Crawl) -> None:
+    # test_robots_disallow_obeyed_and_counted and test_redirect_into_disallowed_path on
+    # real sockets, so that shared workers (no mock clock) run them too.
+    robots = "User-agent: *\nDisallow: /disallowed/\n"
+    async with open_site_server(ports=1, pages=5, robots=robots) as server:
+        hop = server.url(0, "/redirect-to?url=/disallowed/x")
+        seeds = (server.url(0), hop, server.url(0, "/disallowed/page"))
+        config = crawler.CrawlConfig(seeds=seeds, rate=0, per_host=2)
+        with trio.fail_after(30):
+            pages, stats = await mode(config)
+        by_url = {page.url: page for page in pages}
+        assert len(by_url) == len(pages)
+        assert set(by_url) == server.reachable_urls() | {hop}
+        error = by_url[hop].error
+        assert error is not None and error.kind == "robots_disallowed"
+        assert stats.disallowed == 1 and stats.errors == 1
+        assert not server.requests_for(path_prefix="/disallowed/")
+        assert server.hits("/robots.txt", 0) == 1
