@@ -188,7 +188,8 @@ class _Response:
         if te:
             if len(te) > 1:
                 raise _Malformed("multiple Transfer-Encoding headers")
-            if te[0].strip(b" \t").lower() != b"chunked":
+            # Exactly what llhttp takes for chunked (it reads "chunked\t" to EOF).
+            if te[0].rstrip(b" ").lower() != b"chunked":
                 raise _Malformed("only Transfer-Encoding: chunked is supported")
         self.until_eof = not te and not self.length
         self.head_done = True

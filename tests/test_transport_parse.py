@@ -6,7 +6,9 @@ tests pin each case where the two parsers disagree, as a crawler should take it:
 * accepted, as h11 did: bare LF line ends, obs-fold continuation lines (RFC 9112 5.2:
   a user agent must accept them), control bytes other than NUL in a value, ``HTTP/1.2``;
 * refused, as h11 did: NUL in a value, whitespace before a colon, a Transfer-Encoding
-  other than one ``chunked``, a status code under 100, an unasked 101;
+  other than one ``chunked``, a status code under 100, an unasked 101; and, where h11
+  accepted, ``chunked`` followed by a tab (llhttp would read it to EOF, chunk framing
+  and all);
 * refused, where h11 accepted: a repeated Content-Length, even an equal one, and
   Content-Length with Transfer-Encoding (RFC 9112 6.1: "ought to be handled as an
   error"; either is how responses get split);
@@ -59,6 +61,8 @@ async def test_lenient_where_h11_was(wire: bytes, header: bytes) -> None:
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n\r\n"
         b"5\r\nhello\r\n0\r\n\r\n",
         b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\t\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: , chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
         HELLO + b"X-A: a\x00b\r\n\r\nhello",
         b"HTTP/1.1 200 OK\r\nContent-Length : 5\r\n\r\nhello",
         b"HTTP/1.1 200 OK\r\nX-A: a\rb\r\nContent-Length: 5\r\n\r\nhello",
@@ -76,6 +80,8 @@ async def test_lenient_where_h11_was(wire: bytes, header: bytes) -> None:
         "transfer-encoding-gzip-chunked",
         "transfer-encoding-twice",
         "bad-chunk-size",
+        "transfer-encoding-tab",
+        "transfer-encoding-empty-element",
         "nul-in-value",
         "space-before-colon",
         "bare-cr-in-value",
