@@ -215,13 +215,17 @@ class _Response:
 
     def feed(self, data: bytes) -> None:
         """Parse ``data``; a malformed response raises `_Malformed`."""
+        if self.done:  # llhttp may be stopped: fed again, it would repeat its last error
+            if data.strip(b"\r\n"):  # (empty lines it skips, as below)
+                self.trailing = True
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserCallbackError as exc:
-            cause = exc.__context__
+            cause = exc.__context__  # what our callback raised (first time only)
             if type(cause) is _Stop:
                 return
-            if cause is None:  # pragma: no cover - httptools always chains it
+            if cause is None:  # pragma: no cover - a stopped parser is not fed again
                 raise _Malformed(str(exc)) from None
             raise cause from None  # ours (_Malformed), or a bug: not llhttp's wrapping
         except httptools.HttpParserError as exc:
@@ -242,7 +246,7 @@ class _Response:
             self.feed(data[start:stop])
             start = stop
         if start < end:
-            self.trailing = True
+            self.feed(data[start:])  # after the end: only spoils the connection
 
     def head_size(self) -> int:
         """The head's size in bytes, as sent without optional whitespace."""

@@ -19,9 +19,13 @@ tests pin each case where the two parsers disagree, as a crawler should take it:
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import httpx
 import pytest
 import trio
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from crawler._transport import TrioTransport, _Malformed, _Response
 from tests._rawserver import Peer, ReceivedRequest, raw_server, responder
@@ -278,3 +282,48 @@ async def test_get_and_handle_async_request_send_the_same_head() -> None:
     assert (get.method, get.target) == (via_httpx.method, via_httpx.target) == (b"GET", b"/x?y=1")
     assert get.headers[0] == via_httpx.headers[0] == (b"Host", f"127.0.0.1:{server.port}".encode())
     assert get.headers[1:] == [(b"User-Agent", b"ua"), (b"Accept", b"*/*")]
+
+
+PIECES = [
+    b"HTTP/1.1 200 OK\r\n", b"HTTP/1.0 204 No\r\n", b"HTTP/1.1 103 Hints\r\n\r\n",
+    b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\r\n", b"Connection: close\r\n",
+    b"X-A: v \r\n", b" folded\r\n", b"X-B:\x00\r\n", b"\n", b"\r\n", b"5\r\nhello\r\n",
+    b"0\r\n\r\n", b"hello", b"garbage", b"HTTP/1.1 2x0\r\n",
+]  # fmt: skip
+
+
+def parse(data: bytes, cuts: list[int], *, head_only: bool) -> tuple[object, ...]:
+    response = _Response(head_only=head_only, reusable=True)
+    feed = response.feed_head if head_only else response.feed
+    bounds = [0, *sorted(c % (len(data) + 1) for c in cuts), len(data)]
+    try:
+        for start, end in pairwise(bounds):
+            if end > start:
+                feed(data[start:end])
+    except _Malformed:
+        return ("malformed",)
+    return (
+        response.head_done,
+        response.done,
+        response.parser.get_status_code() if response.head_done else None,
+        response.reason if response.head_done else None,
+        response.headers if response.head_done else None,
+        b"".join(response.chunks),
+        response.keep_alive,
+        response.until_eof,
+        response.trailing,
+    )
+
+
+@given(
+    st.lists(st.sampled_from(PIECES), max_size=8).map(b"".join),
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=6),
+    st.booleans(),
+)
+@settings(max_examples=300, deadline=None, derandomize=True)
+# A read ending just after the first byte of a next response: llhttp stops there.
+@example(ok() + b"HTTP/1.1 200 OK\r\n", [44], False)
+def test_parse_does_not_depend_on_how_bytes_arrive(
+    data: bytes, cuts: list[int], head_only: bool
+) -> None:
+    assert parse(data, cuts, head_only=head_only) == parse(data, [], head_only=head_only)
