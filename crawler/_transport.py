@@ -197,6 +197,7 @@ class _Response:
         if self.head_only:
             # No body whatever the headers say; llhttp cannot be told, so stop it here.
             self.done = True
+            # (False without a length: llhttp expects a body to EOF. h11 reused those.)
             self.keep_alive = self.reusable and parser.should_keep_alive()
             raise _Stop
 
