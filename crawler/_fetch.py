@@ -289,7 +289,7 @@ class Fetcher:
 
 
 def default_transport(config: CrawlConfig) -> httpx.AsyncBaseTransport:
-    """The lean trio + h11 transport, sized and guarded as `config` says."""
+    """The lean trio transport (llhttp parsing responses), sized and guarded as `config` says."""
     most_per_host = max([config.per_host, *(h.per_host or 0 for h in config.hosts.values())])
     guard = AddressGuard(host_of(seed) for seed in config.seeds) if config.block_private else None
     return TrioTransport(
