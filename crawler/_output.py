@@ -141,6 +141,12 @@ def _iso_utc(when: dt.datetime) -> str:
 
 def page_to_json(page: Page) -> dict[str, Any]:
     """The JSON Lines object for one page (see the module docstring for the schema)."""
+    return _record(page, list(page.links), round(page.elapsed, 6), _iso_utc(page.fetched_at))
+
+
+def _record(page: Page, links: object, elapsed: object, fetched_at: object) -> dict[str, Any]:
+    """The schema's keys, in order: the one place that lists them."""
+    error = page.error
     return {
         "url": page.url,
         "final_url": page.final_url,
@@ -148,11 +154,11 @@ def page_to_json(page: Page) -> dict[str, Any]:
         "depth": page.depth,
         "content_type": page.content_type,
         "title": page.title,
-        "links": list(page.links),
+        "links": links,
         "bytes": len(page.body),
-        "elapsed": round(page.elapsed, 6),
-        "fetched_at": _iso_utc(page.fetched_at),
-        "error": page.error.to_json() if page.error is not None else None,
+        "elapsed": elapsed,
+        "fetched_at": fetched_at,
+        "error": None if error is None else error.to_json(),
     }
 
 
@@ -185,20 +191,10 @@ def _fetched_at_value(when: dt.datetime) -> dt.datetime | str:
 def _encode_line(page: Page) -> bytes:
     """One JSON Lines record: page_to_json(page) as UTF-8, with json.dumps's bytes
     (ensure_ascii=False) and line breakers escaped; ``\\n``-terminated."""
-    error = page.error
-    record = {
-        "url": page.url,
-        "final_url": page.final_url,
-        "status": page.status,
-        "depth": page.depth,
-        "content_type": page.content_type,
-        "title": page.title,
-        "links": page.links,  # a tuple: orjson writes it as an array, no list copy
-        "bytes": len(page.body),
-        "elapsed": _elapsed_value(page.elapsed),
-        "fetched_at": _fetched_at_value(page.fetched_at),
-        "error": None if error is None else {"kind": str(error.kind), "message": error.message},
-    }
+    # The links tuple as it is: orjson writes it as an array, no list copy.
+    record = _record(
+        page, page.links, _elapsed_value(page.elapsed), _fetched_at_value(page.fetched_at)
+    )
     try:
         data = orjson.dumps(record, option=orjson.OPT_UTC_Z | orjson.OPT_APPEND_NEWLINE)
     except orjson.JSONEncodeError:
