@@ -101,6 +101,9 @@ class Run:
 
 
 def count_lines(path: Path) -> int:
+    """Lines in a worker's output; a worker that wrote nothing leaves no file."""
+    if not path.exists():
+        return 0
     with open(path, "rb") as f:
         return sum(1 for _ in f)
 
@@ -112,7 +115,7 @@ def run_shared(redis_url: str, seed: str, workers: int, timeout: float) -> Run:
     procs: list[subprocess.Popen[bytes]] = []
     start = time.perf_counter()
     for i in range(workers):
-        cmd = [PY, "-m", "crawler._distributed", "--redis", redis_url, "--crawl-id", crawl_id]
+        cmd = [PY, "-m", "crawler", "--redis", redis_url, "--crawl-id", crawl_id]
         cmd += ["--worker-id", f"w{i + 1}", "-o", str(out_dir / "out.jsonl"), "--rate", "0"]
         cmd += ["--concurrency", str(CONCURRENCY), "--per-host", str(2 * CONCURRENCY), "-q"]
         cmd += [seed]
