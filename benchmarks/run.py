@@ -388,11 +388,14 @@ def site_server(
 
 
 @contextmanager
-def polite_server(log_path: Path, pages: int) -> Iterator[list[int]]:
-    """``tests.siteserver`` on POLITE_HOSTS ports, logging every request to ``log_path``."""
+def logged_site_server(
+    log_path: Path, ports: int, pages: int, latency: float, *extra: str
+) -> Iterator[tuple[list[int], subprocess.Popen[str]]]:
+    """``tests.siteserver`` on ``ports`` ports in one process, answering after
+    ``latency`` seconds and logging every request to ``log_path``."""
     log_path.unlink(missing_ok=True)
-    cmd = [PY, "-m", "tests.siteserver", "--ports", str(POLITE_HOSTS), "--pages", str(pages)]
-    cmd += ["--latency", f"{POLITE_LATENCY:g}", "--log", str(log_path)]
+    cmd = [PY, "-m", "tests.siteserver", "--ports", str(ports), "--pages", str(pages)]
+    cmd += ["--latency", f"{latency:g}", "--log", str(log_path), *extra]
     with open(log_path.with_suffix(".stderr"), "wb") as err:
         proc = subprocess.Popen(
             cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=err, text=True
@@ -402,12 +405,18 @@ def polite_server(log_path: Path, pages: int) -> Iterator[list[int]]:
         line = proc.stdout.readline()
         if not line:
             raise RuntimeError(f"tests.siteserver did not start (see {err.name})")
-        ports: list[int] = json.loads(line)["ports"]
-        yield ports
+        yield json.loads(line)["ports"], proc
     finally:
         stop(proc)
         if proc.stdout is not None:
             proc.stdout.close()
+
+
+@contextmanager
+def polite_server(log_path: Path, pages: int) -> Iterator[list[int]]:
+    """The politeness run's server: POLITE_HOSTS ports with POLITE_LATENCY."""
+    with logged_site_server(log_path, POLITE_HOSTS, pages, POLITE_LATENCY) as (ports, _):
+        yield ports
 
 
 # --------------------------------------------------------------------------------------
@@ -751,23 +760,8 @@ def broad_server(
 
     No cross links: every host's root is a seed, so every host has work from the start
     and pages carry 10 links, not one per host."""
-    log_path.unlink(missing_ok=True)
-    cmd = [PY, "-m", "tests.siteserver", "--ports", str(hosts), "--pages", str(pages)]
-    cmd += ["--latency", f"{BROAD_LATENCY:g}", "--log", str(log_path), "--no-cross-links"]
-    with open(log_path.with_suffix(".stderr"), "wb") as err:
-        proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=err, text=True
-        )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"tests.siteserver did not start (see {err.name})")
-        yield json.loads(line)["ports"], proc
-    finally:
-        stop(proc)
-        if proc.stdout is not None:
-            proc.stdout.close()
+    with logged_site_server(log_path, hosts, pages, BROAD_LATENCY, "--no-cross-links") as server:
+        yield server
 
 
 def _stop_after(log_path: Path, seconds: float) -> Callable[[], dict[str, Any] | None]:
