@@ -861,6 +861,7 @@ def _run_shared(options: Options) -> int:
 
     assert options.redis is not None and options.crawl_id is not None
     config = options.config
+    signals: list[int] = []
     try:
         stats = trio.run(
             partial(
@@ -877,6 +878,7 @@ def _run_shared(options: Options) -> int:
                 lease=options.lease,
                 stay_open=False,
                 stop_on_signals=True,
+                signals=signals,
             )
         )
     except SharedCrawlError as exc:  # one line; CrawlFinished is no error (exit 0)
@@ -891,7 +893,8 @@ def _run_shared(options: Options) -> int:
             f"{stats.pages_per_second:.1f} pages/s",
             file=sys.stderr,
         )
-    return 0
+    # Stopped by a signal: 130 / 143, as a crawl in one process says.
+    return 128 + signals[0] if signals else 0
 
 
 def _quiet_stdout_on_exit() -> None:

@@ -1039,11 +1039,13 @@ async def run_worker(
     transport: httpx.AsyncBaseTransport | None = None,
     stay_open: bool | None = None,
     stop_on_signals: bool = False,
+    signals: list[int] | None = None,
 ) -> Statistics:
     """Run one worker to the end of the shared crawl, writing its pages to its own files
     (`output` JSON Lines and `warc`, each named with :func:`worker_path`).
 
-    With `stop_on_signals`, SIGINT/SIGTERM stop it gracefully (a second one: at once).
+    With `stop_on_signals`, SIGINT/SIGTERM stop it gracefully (a second one: at once);
+    the signals received are appended to `signals` (for the exit status).
     The files are created with the first page: a worker that gets none leaves none.
     Returns this worker's statistics; raises CrawlFinished when the crawl was over
     before this worker joined (and `stay_open` is false)."""
@@ -1076,7 +1078,7 @@ async def run_worker(
             raise CrawlFinished(crawl_id, crawl.finished_before)
         async with trio.open_nursery() as nursery:
             if stop_on_signals:
-                nursery.start_soon(_stop_on_signals, crawl)
+                nursery.start_soon(_stop_on_signals, crawl, signals)
             async for page in crawl:
                 if not made:
                     # Closed (flushed) before the crawl completes its last leases.
@@ -1087,9 +1089,11 @@ async def run_worker(
         return crawl.statistics()
 
 
-async def _stop_on_signals(crawl: SharedCrawl) -> None:
+async def _stop_on_signals(crawl: SharedCrawl, received: list[int] | None) -> None:
     with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         graceful = True
-        async for _ in signals:
+        async for signum in signals:
+            if received is not None:
+                received.append(signum)
             crawl.stop(graceful=graceful)
             graceful = False

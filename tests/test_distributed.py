@@ -934,3 +934,27 @@ async def test_a_worker_gives_up_when_redis_stays_away(tmp_path: Path) -> None:
                     async for _ in crawl:
                         if redis.proc is not None:
                             await trio.to_thread.run_sync(redis.stop)
+
+
+@pytest.mark.parametrize(("signum", "code"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+async def test_a_worker_stopped_by_a_signal_exits_as_one_process_does(
+    tmp_path: Path, redis_url: str, crawl_id: str, signum: int, code: int
+) -> None:
+    """Ctrl-C or SIGTERM stops a worker gracefully, with the exit status of `crawl`."""
+    site = await _start_site(tmp_path, ports=1, pages=200, latency=0.05)
+    try:
+        out = tmp_path / "out.jsonl"
+        cmd = _worker_cmd(redis_url, crawl_id, "w1", out, site.urls(), 30.0)
+        proc = await trio.lowlevel.open_process(
+            cmd, cwd=ROOT, env=_env(), stderr=subprocess.DEVNULL
+        )
+        with trio.fail_after(40):
+            while not _read_pages(Path(worker_path(out, "w1"))):  # mid-crawl
+                assert proc.returncode is None, "the worker finished before the signal"
+                await trio.sleep(0.02)
+            proc.send_signal(signum)
+            assert await proc.wait() == code
+        pages = _read_pages(Path(worker_path(out, "w1")))
+        assert 0 < len(pages) < 201 and len({p["url"] for p in pages}) == len(pages)
+    finally:
+        await site.records()
