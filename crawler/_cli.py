@@ -347,6 +347,9 @@ def _options(args: argparse.Namespace) -> Options:
         raise UsageError(str(exc)) from None
     if args.redis is not None and config.state is not None:
         raise UsageError("--redis and --state do not go together: the state is in Redis")
+    if args.redis is not None and args.metrics is not None:
+        # Refused rather than ignored: a scraper would see nothing and not know why.
+        raise UsageError("--metrics is not served by shared workers (--redis) yet")
     return Options(
         config=config,
         output=args.output,
