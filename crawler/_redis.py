@@ -11,21 +11,28 @@ key (after the prefix)    type    what
 ========================  ======  ==========================================================
 ``meta``                  hash    ``epoch`` (server seconds the crawl's clock counts from),
                                   ``settings`` (JSON of the first worker's politeness
-                                  settings), ``scopever`` (bumped when a seed widens scope)
+                                  settings), ``scopever`` (bumped when a seed widens scope),
+                                  ``paused`` (``1`` while the whole crawl is paused),
+                                  ``ctlseq`` (orders the pauses of ``control``)
 ``stats``                 hash    ``pending`` (queued + leased + delayed: 0 = crawl over),
                                   ``admitted``, ``pages``, ``errors``, ``bytes``,
                                   ``disallowed``, ``redirects``, ``retries``, ``recovered``,
                                   ``err:<kind>``, ``drop:<reason>``
 ``seen``                  set     canonical URLs ever admitted (dedup across workers)
 ``seeds``                 set     seed URLs given by any worker (the shared scope)
-``hosts``                 zset    origins with queued URLs, scored by the crawl time at which
-                                  the origin can next be served (rate slot, free token,
-                                  Retry-After, robots.txt)
+``hosts``                 zset    origins with queued URLs and not paused, scored by the
+                                  crawl time at which the origin can next be served (rate
+                                  slot, free token, Retry-After, robots.txt)
 ``hostset``               set     every origin of the crawl
+``names``                 hash    host name -> its origins (tab-separated): what a control
+                                  key by host name matches
+``control``               hash    live control by host name or origin, for hosts that arrive
+                                  later: ``pause:<key>`` (``ctlseq`` of the last pause, negated
+                                  for a resume), ``limits:<key>`` (JSON rate/burst/per_host)
 ``h:<origin>``            hash    politeness of one origin: ``rate``/``burst``/``per_host``
                                   (configured), ``interval``/``burst_eff``/``tat``/``nb``
                                   (GCRA state and not-before), ``backoff``, ``robots`` state,
-                                  counters
+                                  ``paused`` (``1``: paused by its name or origin), counters
 ``q:<origin>``            list    the origin's queue (JSON entries)
 ``t:<origin>``            zset    concurrency tokens in use: lease id -> expiry
 ``robots:<origin>``       hash    robots.txt as fetched (``status``, ``body``)
@@ -60,8 +67,10 @@ from urllib.parse import unquote, urlsplit
 
 import trio
 
+from ._config import HostLimits
 from ._retry import BACKOFF_CAP, BACKOFF_FLOOR
 from ._shield import bounded_shield
+from ._urls import host_of, normalize_url, origin_of
 
 if TYPE_CHECKING:
     import coredis
@@ -79,6 +88,7 @@ __all__ = [
     "SharedStatus",
     "check_crawl_id",
     "check_redis_url",
+    "control_key",
     "crawl_prefix",
     "open_redis",
 ]
@@ -290,6 +300,7 @@ local P = ARGV[1]
 local K_META, K_STATS, K_SEEN, K_SEEDS = P..'meta', P..'stats', P..'seen', P..'seeds'
 local K_HOSTS, K_HOSTSET, K_LEASES, K_LEASED = P..'hosts', P..'hostset', P..'leases', P..'leased'
 local K_DELAYED, K_WORKERS, K_RESULTS = P..'delayed', P..'workers', P..'results'
+local K_CONTROL, K_NAMES = P..'control', P..'names'
 local FLOOR, CAP = %(floor)r, %(cap)r
 -- A slot due within a nanosecond is due now ((now + T) - T is not always now in floats).
 local EPS = 1e-9
@@ -353,7 +364,9 @@ end
 local NOTIFY = false
 
 local function rescore(o, h, now)
-  if redis.call('LLEN', P..'q:'..o) == 0 then
+  -- A paused host is out of the zset: claim never examines it, and the claimers' wait
+  -- does not count it. Its resume puts it back.
+  if h.paused == '1' or redis.call('LLEN', P..'q:'..o) == 0 then
     redis.call('ZREM', K_HOSTS, o)
     return
   end
@@ -431,11 +444,61 @@ local function health(o, h, how, started, now)
   end
 end
 
+-- The host name of an origin (host_of in crawler._urls: no port, IPv6 without brackets).
+local function name_of(o)
+  local hp = string.match(o, '^[^:]*://(.*)$') or o
+  if string.sub(hp, 1, 1) == '[' then
+    local close = string.find(hp, ']', 1, true)
+    if close then return string.sub(hp, 2, close - 1) end
+    return string.sub(hp, 2)
+  end
+  local colon = string.find(hp, ':', 1, true)
+  if colon then return string.sub(hp, 1, colon - 1) end
+  return hp
+end
+
+-- The origins a control key (a host name, or an origin) names now.
+local function matching(key)
+  if string.find(key, '://', 1, true) then
+    if redis.call('EXISTS', P..'h:'..key) == 1 then return {key} end
+    return {}
+  end
+  local found = {}
+  local v = redis.call('HGET', K_NAMES, key)
+  if v then
+    for o in string.gmatch(v, '[^\\t]+') do found[#found + 1] = o end
+  end
+  return found
+end
+
+-- A stored pause/resume of a key is its sequence number, negative for a resume: of the
+-- host name's and the origin's, the later one holds for a host created afterwards.
+local function paused_by(by_name, by_origin)
+  local a, b = tonumber(by_name) or 0, tonumber(by_origin) or 0
+  if math.abs(b) > math.abs(a) then a = b end
+  return a > 0
+end
+
 local function ensure_host(spec)
   local o = spec[1]
   local key = P..'h:'..o
   if redis.call('EXISTS', key) == 1 then return end
   local rate, burst, per_host = tonumber(spec[2]), tonumber(spec[3]), tonumber(spec[4])
+  -- Limits and pauses set while the crawl runs (set_host_limits, set_paused) hold for
+  -- hosts that arrive later; an origin's limits beat its host name's (as limits_for).
+  local name = name_of(o)
+  local c = redis.call('HMGET', K_CONTROL, 'limits:'..name, 'limits:'..o, 'pause:'..name,
+    'pause:'..o)
+  for i = 1, 2 do
+    if c[i] then
+      local l = cjson.decode(c[i])
+      if l.rate then rate = tonumber(l.rate) end
+      if l.burst then burst = l.burst end
+      if l.per_host then per_host = l.per_host end
+    end
+  end
+  local paused = '0'
+  if paused_by(c[3], c[4]) then paused = '1' end
   local interval = 0
   if rate > 0 then interval = 1 / rate end
   local robots = 'ignored'
@@ -444,14 +507,20 @@ local function ensure_host(spec)
     'interval', fmt(interval), 'burst_eff', burst, 'tat', '0', 'nb', '0',
     'backoff', '0', 'backoff_at', '-1', 'robots', robots, 'robots_until', '0',
     'robots_retry', '0', 'robots_expires', '0', 'robots_ver', '0', 'robots_attempts', '0',
-    'robots_delay', '0', 'done', '0', 'errors', '0', 'bytes', '0', 'disallowed', '0')
+    'robots_delay', '0', 'done', '0', 'errors', '0', 'bytes', '0', 'disallowed', '0',
+    'paused', paused)
   redis.call('SADD', K_HOSTSET, o)
+  -- The name -> origins index, so that a key by host name finds every origin of it.
+  local origins = redis.call('HGET', K_NAMES, name)
+  if origins then origins = origins..'\\t'..o else origins = o end
+  redis.call('HSET', K_NAMES, name, origins)
 end
 
 -- Admit one URL ({url, entry, origin, counts}); dedup by the seen-set. The bounds are
 -- those of the single-process engine: max_queued (a page's links and sitemaps, not
 -- redirect hops) against pending, the crawl-wide queued + leased + delayed count.
-local function admit(link, max_pages, cap, max_queued, touched)
+-- `front` (a table, or nil): collect the entries per origin for the front of the queue.
+local function admit(link, max_pages, cap, max_queued, touched, front)
   local url, e, o, counts = link[1], link[2], link[3], link[4]
   if counts == -1 then
     -- robots.txt (known to the sender) disallows it: mark it seen and count it once.
@@ -475,13 +544,22 @@ local function admit(link, max_pages, cap, max_queued, touched)
     return 0
   end
   local q = P..'q:'..o
-  if redis.call('LLEN', q) >= cap then
+  local ahead = front and front[o]
+  if redis.call('LLEN', q) + (ahead and #ahead or 0) >= cap then
     redis.call('HINCRBY', K_STATS, 'drop:max_host_queue', 1)
     return 0
   end
   redis.call('SADD', K_SEEN, url)
   if counts == 1 then redis.call('HINCRBY', K_STATS, 'admitted', 1) end
-  redis.call('RPUSH', q, e)
+  if front then
+    if not ahead then
+      ahead = {}
+      front[o] = ahead
+    end
+    ahead[#ahead + 1] = e
+  else
+    redis.call('RPUSH', q, e)
+  end
   redis.call('HINCRBY', K_STATS, 'pending', 1)
   touched[o] = true
   return 1
@@ -490,9 +568,15 @@ end
 local function admit_all(op, now)
   for _, spec in ipairs(op.hosts or {}) do ensure_host(spec) end
   local touched = {}
+  local front = nil
+  if op.front then front = {} end
   local added = 0
   for _, link in ipairs(op.links or {}) do
-    added = added + admit(link, op.max or -1, op.cap or 1e18, op.mq or -1, touched)
+    added = added + admit(link, op.max or -1, op.cap or 1e18, op.mq or -1, touched, front)
+  end
+  -- In reverse, so that the batch keeps its order at the head of each queue.
+  for o, entries in pairs(front or {}) do
+    for i = #entries, 1, -1 do redis.call('LPUSH', P..'q:'..o, entries[i]) end
   end
   for o, _ in pairs(touched) do
     if not redis.call('ZSCORE', K_HOSTS, o) then rescore(o, load(o), now) end
@@ -568,7 +652,9 @@ end
 """
 
 # Hand out up to ARGV[2] requests of hosts that are ready now; return the wait until the
-# earliest could be, the crawl's pending count, the scope version and the crawl time.
+# earliest could be, the crawl's pending count, the scope version, the crawl time and
+# whether the whole crawl is paused (then nothing is handed out and the wait is empty:
+# the claimer sleeps its longest, and a resume wakes it).
 _CLAIM = """
 local n, lease, worker = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
 local now = clock()
@@ -576,16 +662,20 @@ recover(now, %(recover)d)
 promote(now, %(promote)d)
 local out = {}
 local claimed, examined = 0, 0
+local crawl_paused = redis.call('HGET', K_META, 'paused') == '1'
+if crawl_paused then n = 0 end
 while claimed < n and examined < %(examine)d do
   local c = redis.call('ZRANGEBYSCORE', K_HOSTS, '-inf', fmt(now + EPS), 'LIMIT', 0, 1)
   if #c == 0 then break end
   examined = examined + 1
   local o = c[1]
   local q = P..'q:'..o
-  if redis.call('LLEN', q) == 0 then
+  local h = nil
+  if redis.call('LLEN', q) > 0 then h = load(o) end
+  if not h or h.paused == '1' then
+    -- Nothing queued, or paused (rescore keeps paused hosts out already: be safe).
     redis.call('ZREM', K_HOSTS, o)
   else
-    local h = load(o)
     local at = ready_at(o, h, now)
     if at > now + EPS then
       redis.call('ZADD', K_HOSTS, fmt(at), o)
@@ -612,11 +702,13 @@ while claimed < n and examined < %(examine)d do
   end
 end
 local wait = nil
-for _, key in ipairs({K_HOSTS, K_DELAYED, K_LEASES}) do
-  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-  if first[2] then
-    local w = tonumber(first[2]) - now
-    if wait == nil or w < wait then wait = w end
+if not crawl_paused then
+  for _, key in ipairs({K_HOSTS, K_DELAYED, K_LEASES}) do
+    local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local w = tonumber(first[2]) - now
+      if wait == nil or w < wait then wait = w end
+    end
   end
 end
 local head = {
@@ -624,6 +716,7 @@ local head = {
   redis.call('HGET', K_STATS, 'pending') or '0',
   redis.call('HGET', K_META, 'scopever') or '0',
   fmt(now),
+  crawl_paused and '1' or '0',
 }
 for _, v in ipairs(out) do head[#head + 1] = v end
 notify()
@@ -774,14 +867,79 @@ local now = clock()
 local hosts = {}
 for i, o in ipairs(redis.call('SORT', K_HOSTSET, 'ALPHA', 'LIMIT', 0, limit)) do
   local f = redis.call('HMGET', P..'h:'..o, 'done', 'errors', 'bytes', 'disallowed',
-    'interval', 'backoff', 'nb', 'robots', 'per_host')
+    'interval', 'backoff', 'nb', 'robots', 'per_host', 'paused')
   hosts[i] = {o, tostring(redis.call('LLEN', P..'q:'..o)),
-    tostring(redis.call('ZCARD', P..'t:'..o)), f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9]}
+    tostring(redis.call('ZCARD', P..'t:'..o)), f[1], f[2], f[3], f[4], f[5], f[6], f[7], f[8], f[9],
+    f[10] or '0'}
 end
 return {fmt(now), redis.call('HGETALL', K_STATS), tostring(redis.call('SCARD', K_SEEN)),
   tostring(redis.call('ZCARD', K_LEASES)), tostring(redis.call('ZCARD', K_DELAYED)),
   redis.call('HGETALL', K_WORKERS), tostring(redis.call('SCARD', K_HOSTSET)), hosts,
-  redis.call('HGET', K_META, 'settings') or ''}
+  redis.call('HGET', K_META, 'settings') or '', redis.call('HGET', K_META, 'paused') or '0'}
+"""
+
+# Pause (ARGV[3] = '1') or resume the crawl (ARGV[2] = '') or a host name or origin. A
+# key's pause is stored as well, for hosts that arrive later (ensure_host). Leased requests
+# finish; a resume rescores the hosts and wakes the sleeping workers.
+_PAUSE = """
+local key, paused = ARGV[2], ARGV[3] == '1'
+local now = clock()
+if key == '' then
+  if paused then
+    redis.call('HSET', K_META, 'paused', '1')
+  else
+    redis.call('HDEL', K_META, 'paused')
+  end
+else
+  local seq = redis.call('HINCRBY', K_META, 'ctlseq', 1)
+  if not paused then seq = -seq end
+  redis.call('HSET', K_CONTROL, 'pause:'..key, tostring(seq))
+  for _, o in ipairs(matching(key)) do
+    local h = load(o)
+    if paused then put(o, h, 'paused', '1') else put(o, h, 'paused', '0') end
+    rescore(o, h, now)
+  end
+end
+if not paused then NOTIFY = true end
+notify()
+return 1
+"""
+
+# New limits (JSON {rate (a string, exact), burst, per_host}, absent = keep) for a host
+# name or origin: stored for hosts that arrive later, applied now to the existing ones.
+_LIMITS = """
+local key, new = ARGV[2], cjson.decode(ARGV[3])
+local now = clock()
+local stored = redis.call('HGET', K_CONTROL, 'limits:'..key)
+local merged = {}
+if stored then merged = cjson.decode(stored) end
+for _, f in ipairs({'rate', 'burst', 'per_host'}) do
+  if new[f] ~= nil then merged[f] = new[f] end
+end
+redis.call('HSET', K_CONTROL, 'limits:'..key, cjson.encode(merged))
+for _, o in ipairs(matching(key)) do
+  local h = load(o)
+  if new.rate ~= nil then put(o, h, 'rate', fmt(tonumber(new.rate))) end
+  if new.burst ~= nil then put(o, h, 'burst', tostring(new.burst)) end
+  if new.per_host ~= nil then put(o, h, 'per_host', tostring(new.per_host)) end
+  apply_limits(o, h, now)
+  rescore(o, h, now)
+end
+notify()
+return 1
+"""
+
+# Add URLs (the shapes of join) while the crawl runs; seeds widen the scope; `front` puts
+# them at the head of their hosts' queues. Returns how many were new and the scope version.
+_ADD = """
+local spec = cjson.decode(ARGV[2])
+local now = clock()
+for _, url in ipairs(spec.scope) do
+  if redis.call('SADD', K_SEEDS, url) == 1 then redis.call('HINCRBY', K_META, 'scopever', 1) end
+end
+local added = admit_all(spec, now)
+notify()
+return {tostring(added), redis.call('HGET', K_META, 'scopever') or '0'}
 """
 
 
@@ -797,6 +955,9 @@ SETTLE_LUA = _script(_SETTLE)
 RENEW_LUA = _script(_RENEW)
 JOIN_LUA = _script(_JOIN)
 STATUS_LUA = _script(_STATUS)
+PAUSE_LUA = _script(_PAUSE)
+LIMITS_LUA = _script(_LIMITS)
+ADD_LUA = _script(_ADD)
 
 
 # ---------------------------------------------------------------------------------------
@@ -823,11 +984,13 @@ class ClaimResult:
     claims: tuple[Claim, ...]
     wait: float | None
     """Seconds until the earliest host, delayed retry or lease expiry is due (None: nothing
-    scheduled at all)."""
+    scheduled at all, or the whole crawl is paused). Paused hosts are not counted."""
     pending: int
     """URLs queued, leased or delayed crawl-wide: 0 means the crawl is over."""
     scope_version: int
     now: float
+    paused: bool = False
+    """The whole crawl is paused (`RedisFrontier.set_paused`): nothing was handed out."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -846,6 +1009,9 @@ class SharedHostStatus:
     """Seconds until the host may be sent a request again after a Retry-After (0 = not paused)."""
     robots: str
     per_host: int
+    """Requests to the host in flight at once, at most (its concurrency tokens)."""
+    paused: bool = False
+    """Paused by its host name or origin, or with the whole crawl (`set_paused`)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -874,6 +1040,8 @@ class SharedStatus:
     host_count: int
     hosts: Mapping[str, SharedHostStatus] = field(default_factory=dict)
     settings: Mapping[str, Any] = field(default_factory=dict)
+    paused: bool = False
+    """The whole crawl is paused: no worker is handed a new request."""
 
     @property
     def finished(self) -> bool:
@@ -972,6 +1140,9 @@ class RedisFrontier:
         self._renew = client.register_script(RENEW_LUA)
         self._join = client.register_script(JOIN_LUA)
         self._status = client.register_script(STATUS_LUA)
+        self._pause = client.register_script(PAUSE_LUA)
+        self._limits = client.register_script(LIMITS_LUA)
+        self._add = client.register_script(ADD_LUA)
         self._keys = [self.key("meta")]
         self._settling: list[_Settling] = []
         self._settle_lock = trio.Lock()
@@ -1014,6 +1185,77 @@ class RedisFrontier:
         raw = cast(list[str], await self._call(self._join, _dumps(spec), self.worker_id))
         return json.loads(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
 
+    async def add(
+        self,
+        links: Sequence[Sequence[object]],
+        hosts: Sequence[Sequence[object]],
+        *,
+        scope: Sequence[str] = (),
+        front: bool = False,
+        max_pages: int | None,
+        max_host_queue: int,
+        max_queued: int | None = None,
+    ) -> int:
+        """Admit URLs while the crawl runs, under the bounds and dedup of `join` / `settle`.
+
+        `links` are ``[url, entry, origin, counts]``, `hosts` the specs of origins that may
+        be new (``[origin, rate, burst, per_host, obey_robots]``), as `join` takes them.
+        `scope`: seed URLs that widen the shared scope (the scope version goes up, so every
+        worker reloads it). `front`: the new URLs go to the head of their hosts' queues, in
+        the order given. Returns how many URLs were new (queued). Adding to a crawl that
+        is over (see `finished_pages`) queues the URLs, for workers still running."""
+        spec = {
+            "scope": list(scope),
+            "links": [list(link) for link in links],
+            "hosts": [list(host) for host in hosts],
+            "max": -1 if max_pages is None else max_pages,
+            "cap": max_host_queue,
+            "mq": -1 if max_queued is None else max_queued,
+            "front": bool(front),
+        }
+        raw = cast(list[str], await self._call(self._add, _dumps(spec)))
+        return int(raw[0])
+
+    async def set_paused(self, key: str | None, paused: bool) -> None:
+        """Pause (or resume) the whole crawl (`key` None) or one host name or origin.
+
+        A host name (``example.com``) names every origin of that host, any scheme or port;
+        an origin (``https://example.com:8443``) one origin (as `Frontier.matching`). The
+        key is stored, so a host that arrives later is paused too; for such a host the
+        later of its host name's and its origin's pause/resume holds. While paused, claims
+        hand out nothing of it (of anything: the crawl), and leased requests finish;
+        settle, renew and status work as ever. A resume wakes the sleeping workers.
+        Pausing the crawl and pausing hosts are independent (as in one process)."""
+        if not isinstance(paused, bool):
+            raise TypeError(f"paused must be a bool, got {paused!r}")
+        name = "" if key is None else control_key(key)
+        await self._call(self._pause, name, "1" if paused else "0")
+
+    async def set_host_limits(
+        self,
+        key: str,
+        rate: float | None = None,
+        burst: int | None = None,
+        per_host: int | None = None,
+    ) -> None:
+        """New politeness limits for a host name or origin (matched as in `set_paused`);
+        None keeps a value. They apply at once to the matching hosts (a slower rate
+        spaces the next request by the new interval; a lower `per_host` holds new
+        requests until enough leased ones finish) and to hosts that arrive later, where an
+        origin's limits beat its host name's. `rate` 0 means unlimited. Bad values raise
+        ValueError (as HostLimits)."""
+        limits = HostLimits(rate=rate, burst=burst, per_host=per_host)  # validates
+        name = control_key(key)
+        spec: dict[str, object] = {}
+        if limits.rate is not None:
+            spec["rate"] = repr(float(limits.rate))  # a string: cjson would round the float
+        if limits.burst is not None:
+            spec["burst"] = limits.burst
+        if limits.per_host is not None:
+            spec["per_host"] = limits.per_host
+        if spec:
+            await self._call(self._limits, name, _dumps(spec))
+
     async def finished_pages(self) -> int | None:
         """The crawl's pages if it is over (nothing pending, something admitted: see
         `SharedStatus.finished`), else None."""
@@ -1049,7 +1291,7 @@ class RedisFrontier:
                 version=int(raw[i + 4]),
                 claimed_at=float(raw[3]),
             )
-            for i in range(4, len(raw), 5)
+            for i in range(5, len(raw), 5)
         )
         return ClaimResult(
             claims=claims,
@@ -1057,6 +1299,7 @@ class RedisFrontier:
             pending=int(raw[1]),
             scope_version=int(raw[2]),
             now=float(raw[3]),
+            paused=raw[4] == "1",
         )
 
     async def settle(self, op: dict[str, Any]) -> int:
@@ -1125,10 +1368,12 @@ class RedisFrontier:
         now = float(raw[0])
         stats = _pairs(raw[1])
         workers = _pairs(raw[5])
+        crawl_paused = raw[9] == "1"
         hosts: dict[str, SharedHostStatus] = {}
         queued = 0
         for row in raw[7]:
-            origin, q, leased, done, errors, size, dis, interval, backoff, nb, robots, per = row
+            origin, q, leased, done, errors, size, dis = row[:7]
+            interval, backoff, nb, robots, per, host_paused = row[7:]
             interval_f = float(interval or 0)
             host = SharedHostStatus(
                 origin=origin,
@@ -1143,6 +1388,7 @@ class RedisFrontier:
                 paused_for=max(0.0, float(nb or 0) - now),
                 robots=str(robots or ""),
                 per_host=int(per or 0),
+                paused=crawl_paused or host_paused == "1",
             )
             hosts[origin] = host
             queued += host.queued
@@ -1176,6 +1422,7 @@ class RedisFrontier:
             host_count=count,
             hosts=hosts,
             settings=json.loads(raw[8]) if raw[8] else {},
+            paused=crawl_paused,
         )
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
@@ -1191,6 +1438,33 @@ class RedisFrontier:
         for start in range(0, len(keys), 500):
             deleted += await self.client.delete(keys[start : start + 500])
         return deleted
+
+
+def control_key(key: str) -> str:
+    """A host name or origin for `set_paused` / `set_host_limits`, in the canonical form the
+    frontier stores (lower case, IDNA, no default port, IPv6 without brackets in a name).
+    A URL stands for its origin. ValueError for anything else."""
+    if not isinstance(key, str) or not key.strip():
+        raise ValueError(f"a host key must be a host name or an origin, got {key!r}")
+    text = key.strip()
+    if "://" in text:
+        canonical = normalize_url(text)
+        origin = origin_of(canonical) if canonical is not None else ""
+        if not origin:
+            raise ValueError(f"{key!r} is not an http(s) origin such as https://example.com")
+        return origin
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    bad = any(c in text for c in "/?#@[] \t")
+    canonical = (
+        None if bad else normalize_url(f"http://[{text}]/" if ":" in text else f"http://{text}/")
+    )
+    if canonical is None:
+        raise ValueError(
+            f"{key!r} is not a host name (give an origin such as https://example.com:8443"
+            " for one port)"
+        )
+    return host_of(canonical)
 
 
 def _pairs(flat: Sequence[str]) -> dict[str, str]:
