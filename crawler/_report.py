@@ -318,6 +318,8 @@ def format_state_status(
 def format_shared_status(status: SharedStatus, *, hosts: int = SHARED_HOSTS) -> str:
     """``--status`` of a shared (``--redis``) crawl: the whole crawl, every worker."""
     state = "finished" if status.finished else ("empty" if status.admitted == 0 else "running")
+    if status.paused and not status.finished:
+        state += ", paused"
     lines = [
         f"crawl {status.crawl_id}: {state}",
         f"  queued {status.queued:,}  leased (in flight) {status.leased:,}"
@@ -341,6 +343,8 @@ def format_shared_status(status: SharedStatus, *, hosts: int = SHARED_HOSTS) -> 
     for host in shown[:hosts]:
         rate = f"{host.rate:g}/s" if host.rate else "unlimited"
         notes = politeness_notes(host.paused_for, host.backoff)
+        if host.paused and not status.paused:  # the crawl's own pause is on its first line
+            notes = "paused" if notes == "-" else f"paused; {notes}"
         lines.append(
             f"    {host.origin}  queued {host.queued:,}  leased {host.leased}/{host.per_host}"
             f"  done {host.done:,}  errors {host.errors:,}  bytes {human_bytes(host.bytes)}"
