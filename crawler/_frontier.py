@@ -40,6 +40,8 @@ class Request:
     """The row of `first_url` in a durable state's database."""
     resent: bool = False
     """Sent again once after a lost keep-alive connection (see Action.RESEND)."""
+    handle: object = None
+    """The backend's own record of the request (a shared crawl's lease)."""
 
 
 @dataclass(slots=True, eq=False)

@@ -158,3 +158,19 @@ def robots_from_response(
             message=f"robots.txt unparseable ({type(exc).__name__}); all allowed",
         )
     return Robots(RobotsStatus.PARSED, parser=parser, expires=now + ROBOTS_TTL, sitemaps=sitemaps)
+
+
+def robots_verdict(
+    robots: Robots, url: str, user_agent: str, *, redirected: bool
+) -> bool | PageError:
+    """What robots.txt makes of one request, in every kind of crawl: True, fetch it;
+    False, disallowed (counted, no record); a PageError, the URL's record says why it
+    was not fetched (robots.txt unavailable, or a redirect chain led to a disallowed
+    URL: its first URL was fetched, so it gets a record saying where it stopped)."""
+    if robots.allows(url, user_agent):
+        return True
+    if robots.status is RobotsStatus.UNAVAILABLE:
+        return robots.unavailable_error()
+    if redirected:
+        return PageError(ErrorKind.ROBOTS_DISALLOWED, f"redirect to {url} disallowed")
+    return False

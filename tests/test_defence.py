@@ -221,7 +221,7 @@ async def test_a_bug_in_a_shared_crawl_is_one_error_record(
 ) -> None:
     async with open_site_server(ports=1, pages=30) as server:
         target = server.url(0, "/page/3")
-        monkeypatch.setattr(crawler._distributed, "build_page", boom_at(target, build_page))
+        monkeypatch.setattr(crawler._engine, "build_page", boom_at(target, build_page))
         cfg = crawler.CrawlConfig(seeds=(server.url(0),), rate=0, per_host=4, concurrency=4)
         with trio.fail_after(DEADLINE):
             async with crawler.open_shared_crawl(

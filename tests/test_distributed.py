@@ -422,7 +422,9 @@ async def test_leaving_early_gives_the_leases_back(redis_url: str, crawl_id: str
                 async for _ in crawl:
                     break
         status = await shared_status(redis_url, crawl_id)
-        assert status.leased == 0 and status.pages == 1
+        # The page taken was never marked done (the consumer did not ask for the next
+        # one): as with a durable state, it is delivered again, never lost.
+        assert status.leased == 0 and status.pages == 0
         assert status.queued == status.pending > 0
         # Another worker finishes the crawl without waiting for any lease to expire.
         with trio.fail_after(15):
@@ -430,7 +432,7 @@ async def test_leaving_early_gives_the_leases_back(redis_url: str, crawl_id: str
                 config, redis_url=redis_url, crawl_id=crawl_id, worker_id="finisher"
             ) as crawl:
                 rest = [page.url async for page in crawl]
-        assert len(rest) == len(server.reachable_urls()) - 1
+        assert sorted(rest) == sorted(server.reachable_urls())
 
 
 async def test_stop_finishes_what_is_under_way(redis_url: str, crawl_id: str) -> None:

@@ -20,6 +20,7 @@ import trio
 
 import crawler
 from crawler._engine import Crawl
+from crawler._memory import MemoryBackend
 from crawler._output import JsonLinesWriter, OutputError, WarcWriter
 from crawler._state import (
     DB_NAME,
@@ -415,7 +416,7 @@ async def test_stateless_crawl_keeps_no_state(tmp_path: Path) -> None:
     site = MockSite(chain_site(A, 5))
     cfg = crawler.CrawlConfig(seeds=(f"{A}/",), rate=0, obey_robots=False)
     async with crawler.open_crawl(cfg, transport=site.transport()) as crawl:
-        assert isinstance(crawl, Crawl) and crawl._store is None
+        assert isinstance(crawl, Crawl) and type(crawl.backend) is MemoryBackend
         pages = [p async for p in crawl]
         crawl.mark_done(pages[0])  # a no-op without a state
     assert len(pages) == 6
