@@ -28,7 +28,6 @@ import signal
 import sys
 import threading
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any, Literal, NoReturn, TextIO
 
@@ -39,7 +38,7 @@ from ._engine import Crawl, open_crawl
 from ._logs import log_page, setup_logging
 from ._output import JsonLinesWriter, OutputError, WarcWriter
 from ._page import Statistics
-from ._redis import DEFAULT_LEASE, check_crawl_id, check_worker_id
+from ._redis import DEFAULT_LEASE, SharedCrawlError, check_crawl_id, check_worker_id
 from ._report import format_shared_status, format_state_status, print_summary, show_progress
 from ._shield import hurry, threads_running
 from ._state import (
@@ -347,9 +346,6 @@ def _options(args: argparse.Namespace) -> Options:
         raise UsageError(str(exc)) from None
     if args.redis is not None and config.state is not None:
         raise UsageError("--redis and --state do not go together: the state is in Redis")
-    if args.redis is not None and args.metrics is not None:
-        # Refused rather than ignored: a scraper would see nothing and not know why.
-        raise UsageError("--metrics is not served by shared workers (--redis) yet")
     return Options(
         config=config,
         output=args.output,
@@ -404,6 +400,7 @@ class _Run:
         self.hard_stop = False
         self.stop_how = "graceful stop"
         self.fatal: str | None = None
+        self.fatal_status = EXIT_FATAL
         self.usage: str | None = None
         """A usage error found once running (a state that is another crawl's): exit 2."""
         self.work_scope = trio.CancelScope()
@@ -411,6 +408,8 @@ class _Run:
         self.outputs: list[tuple[str, str]] = []
         self.names = _output_names(options)
         """Output files by role ("jsonl", "warc"), as a state names them."""
+        self.opened: list[JsonLinesWriter | WarcWriter] = []
+        """The outputs open (a shared crawl's worker opens them with its first page)."""
 
     def _say(self, message: str) -> None:
         if not self.options.quiet:
@@ -435,7 +434,7 @@ class _Run:
             if self.fatal is not None:
                 print(f"{PROG}: error: {self.fatal}", file=sys.stderr, flush=True)
                 if not (self.hard_stop and self.signal is not None):
-                    return EXIT_FATAL  # else: most likely a write abandoned by the stop
+                    return self.fatal_status  # else: most likely a write abandoned by the stop
             if self.signal is not None:
                 return 128 + self.signal
             return EXIT_OK
@@ -457,17 +456,22 @@ class _Run:
                             store, offsets = opened
                             # Closed by the crawl; here in case the outputs fail to open.
                             stack.push_async_callback(store.aclose)
-                        jsonl = JsonLinesWriter(
-                            options.output, resume_at=offsets.get(self.names.get("jsonl", ""))
-                        )
-                        await stack.enter_async_context(jsonl)
-                        if options.warc is not None:
-                            warc = WarcWriter(
-                                options.warc,
-                                config=self.config,
-                                resume_at=offsets.get(self.names["warc"]),
+                        jsonl_path, warc_path = self._output_paths()
+                        if jsonl_path is not None:
+                            jsonl = JsonLinesWriter(
+                                jsonl_path, resume_at=offsets.get(self.names.get("jsonl", ""))
                             )
-                            await stack.enter_async_context(warc)
+                        if warc_path is not None:
+                            warc = WarcWriter(
+                                warc_path,
+                                config=self.config,
+                                resume_at=offsets.get(self.names.get("warc", "")),
+                            )
+                        writers = [w for w in (jsonl, warc) if w is not None]
+                        if options.redis is None:
+                            for writer in writers:
+                                await stack.enter_async_context(writer)
+                            self.opened = writers
                         log.info(
                             "crawl started",
                             extra={
@@ -475,8 +479,10 @@ class _Run:
                                 "output": options.output,
                             },
                         )
-                        async with open_crawl(self.config, store=store) as crawl:
+                        async with self._open_crawl(store) as crawl:
                             self.crawl = crawl
+                            if self._finished_before(crawl):
+                                return
                             if self.signal is not None:
                                 crawl.stop(graceful=not self.hard_stop)
                             if options.metrics is not None and not await self._serve_metrics(
@@ -487,13 +493,16 @@ class _Run:
                             if self._wants_progress():
                                 nursery.start_soon(show_progress, crawl, self.config, sys.stderr)
                             try:
-                                await self._consume(crawl, jsonl, warc)
+                                await self._consume(crawl, stack, writers, jsonl, warc)
                             finally:
                                 self.stats = crawl.statistics()
             except* StateError as group:
                 self.fatal = str(_first_leaf(group))
         except OutputError as exc:
             self.fatal = str(exc)
+        except SharedCrawlError as exc:  # one line (Redis gone, a bad URL, other settings)
+            self.fatal = str(exc)
+            self.fatal_status = exc.exit_status
         except BaseExceptionGroup as group:
             # An OutputError alongside a StateError: report the output's.
             output_errors, rest = group.split(OutputError)
@@ -503,10 +512,10 @@ class _Run:
             if rest is not None:
                 raise rest from None
         finally:
-            if jsonl is not None:
+            if jsonl is not None and jsonl in self.opened:
                 target = "stdout" if jsonl.path == "-" else jsonl.path
                 self.outputs.append(("pages written", f"{jsonl.lines:,} to {target}"))
-            if warc is not None:
+            if warc is not None and warc in self.opened:
                 self.outputs.append(("WARC records", f"{warc.records:,} to {warc.path}"))
             if self.config.state is not None and self.stats is not None:
                 left = self.stats.queued + self.stats.in_flight
@@ -519,6 +528,56 @@ class _Run:
                     extra={"pages": s.pages, "errors": s.errors, "bytes": s.bytes,
                            "elapsed": round(s.elapsed, 3)},
                 )  # fmt: skip
+
+    def _output_paths(self) -> tuple[str | None, str | None]:
+        """Where pages go: -o and --warc; a shared crawl's worker has files of its own
+        (out.w-ID.jsonl), and with --results redis its pages go to Redis, not stdout."""
+        options = self.options
+        if options.redis is None:
+            return options.output, options.warc
+        from ._distributed import worker_path
+
+        worker = self.worker_id
+        jsonl: str | None = worker_path(options.output, worker)
+        if options.output == "-" and options.results == "redis":
+            jsonl = None
+        warc = worker_path(options.warc, worker) if options.warc is not None else None
+        return jsonl, warc
+
+    @property
+    def worker_id(self) -> str:
+        from ._distributed import default_worker_id
+
+        return self.options.worker_id or default_worker_id()
+
+    def _open_crawl(
+        self, store: StateStore | None
+    ) -> contextlib.AbstractAsyncContextManager[Crawl]:
+        options = self.options
+        if options.redis is None:
+            return open_crawl(self.config, store=store)
+        from ._distributed import open_shared_crawl
+
+        assert options.crawl_id is not None
+        return open_shared_crawl(
+            self.config,
+            redis_url=options.redis,
+            crawl_id=options.crawl_id,
+            worker_id=self.worker_id,
+            results=options.results,
+            lease=options.lease,
+            stay_open=False,
+        )
+
+    def _finished_before(self, crawl: Crawl) -> bool:
+        """A shared crawl that was over before this worker joined: say so, crawl nothing."""
+        finished = getattr(crawl.backend, "finished_before", None)
+        if finished is None:
+            return False
+        from ._redis import CrawlFinished
+
+        self._say(str(CrawlFinished(self.options.crawl_id or "", finished)))
+        return True
 
     async def _open_state(self) -> tuple[StateStore, Mapping[str, int]] | None:
         """Open the crawl's state (starting over with --state-reset); None on a usage error.
@@ -582,16 +641,28 @@ class _Run:
             return False
         return not (self.options.output == "-" and _is_terminal(sys.stdout))
 
-    async def _consume(self, crawl: Crawl, jsonl: JsonLinesWriter, warc: WarcWriter | None) -> None:
+    async def _consume(
+        self,
+        crawl: Crawl,
+        stack: contextlib.AsyncExitStack,
+        writers: list[JsonLinesWriter | WarcWriter],
+        jsonl: JsonLinesWriter | None,
+        warc: WarcWriter | None,
+    ) -> None:
         verbose = log.isEnabledFor(logging.INFO)
         durable = self.config.state is not None
         jsonl_name = self.names.get("jsonl")
         warc_name = self.names.get("warc")
         async for page in crawl:
             try:
-                await jsonl.write(page)
-                if warc is not None:
-                    await warc.write(page)
+                if not self.opened:
+                    # A shared crawl's worker makes its files with its first page: one
+                    # that gets none leaves none.
+                    for writer in writers:
+                        await stack.enter_async_context(writer)
+                    self.opened = writers
+                for writer in writers:
+                    await writer.write(page)
             except OutputError as exc:
                 self.fatal = str(exc)
                 crawl.stop(graceful=False)
@@ -600,7 +671,7 @@ class _Run:
                 # Written out (handed to the OS): the page is done, and the outputs
                 # end here; both go into the state in one transaction.
                 outputs: dict[str, int] = {}
-                if jsonl_name is not None:
+                if jsonl_name is not None and jsonl is not None:
                     outputs[jsonl_name] = jsonl.position
                 if warc_name is not None and warc is not None:
                     outputs[warc_name] = warc.position
@@ -793,8 +864,6 @@ def _main(argv: Sequence[str] | None) -> int:
             file=sys.stderr,
             flush=True,
         )
-    if options.redis is not None:
-        return _run_shared(options)
     previous: Any = None
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_late_sigterm)
@@ -855,49 +924,6 @@ async def _reset_shared(redis_url: str, crawl_id: str) -> str:
     async with open_redis(redis_url) as client:
         deleted = await RedisFrontier(client, crawl_id, worker_id="reset").delete()
     return f"crawl {crawl_id}: deleted {deleted} keys"
-
-
-def _run_shared(options: Options) -> int:
-    """One worker of a crawl shared through Redis; its outputs are named per worker."""
-    from ._distributed import run_worker
-    from ._redis import SharedCrawlError
-
-    assert options.redis is not None and options.crawl_id is not None
-    config = options.config
-    signals: list[int] = []
-    try:
-        stats = trio.run(
-            partial(
-                run_worker,
-                config,
-                redis_url=options.redis,
-                crawl_id=options.crawl_id,
-                worker_id=options.worker_id,
-                output=None
-                if options.output == "-" and options.results == "redis"
-                else options.output,
-                warc=options.warc,
-                results=options.results,
-                lease=options.lease,
-                stay_open=False,
-                stop_on_signals=True,
-                signals=signals,
-            )
-        )
-    except SharedCrawlError as exc:  # one line; CrawlFinished is no error (exit 0)
-        print(f"{PROG}: {'error: ' if exc.exit_status else ''}{exc}", file=sys.stderr)
-        return exc.exit_status
-    except OutputError as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return EXIT_FATAL
-    if not options.quiet:
-        print(
-            f"{PROG}: worker done: {stats.pages} pages, {stats.errors} errors, "
-            f"{stats.pages_per_second:.1f} pages/s",
-            file=sys.stderr,
-        )
-    # Stopped by a signal: 130 / 143, as a crawl in one process says.
-    return 128 + signals[0] if signals else 0
 
 
 def _quiet_stdout_on_exit() -> None:

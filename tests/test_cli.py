@@ -253,7 +253,6 @@ USAGE_ERRORS: list[tuple[list[str], str | None, tuple[str, ...]]] = [
     ([*SHARED, "--lease", "0"], None, ("--lease must be > 0, got 0",)),
     ([*SHARED, "--lease", "soon"], None, ("--lease", "'soon'")),
     ([*SHARED, "--reset", "--status"], None, ("--reset and --status do not go together",)),
-    ([*SHARED, "http://e.com/", "--metrics", "127.0.0.1:0"], None, ("--metrics", "--redis")),
     ([*SHARED, "--reset", "http://e.com/"], None, ("--reset", "takes no SEED")),
     (["--redis", "redis://127.0.0.1:9/0", "--reset"], None, ("--redis needs --crawl-id",)),
     (["--redis", "redis://127.0.0.1:9/0", "--crawl-id", "a b"], None, ("--crawl-id must be",)),
