@@ -801,6 +801,20 @@ for i, op in ipairs(ops) do
     end
     rescore(o, h, now)
     if held then code = 1 end
+  elseif k == 'free' then
+    -- The fetch is over but the page not yet written down (its lease stays until
+    -- then): the host's token goes back now, with the response's politeness and the
+    -- page's links (admitting them twice, should the page be fetched again, is harmless).
+    if held then
+      redis.call('ZREM', P..'t:'..o, op.l)
+      local h = load(o)
+      pause(o, h, op.pause, now)
+      health(o, h, op.health, op.started, now)
+      count(h, o, {drops = op.drops})
+      admit_all(op, now)
+      rescore(o, h, now)
+      code = 1
+    end
   elseif k == 'release' then
     if held then
       local _, lo, e = split(redis.call('HGET', K_LEASED, op.l))

@@ -349,6 +349,12 @@ class RedisBackend:
         async with trio.open_nursery() as side:
             await self._claim_loop(side)
             side.cancel_scope.cancel()
+        if not self._stopping:
+            await self._fetch_status()  # the final figures, for statistics() at the end
+
+    async def _fetch_status(self) -> None:
+        self._status = await self.frontier.status(host_limit=STATUS_HOSTS)
+        self._status_at = trio.current_time()
 
     async def _claim_loop(self, side: trio.Nursery) -> None:
         """Claim requests while slots are free; sleep exactly until the next host is ready."""
@@ -639,8 +645,19 @@ class RedisBackend:
                 self._count(page, admitted)
                 await self._engine.hand_over(page)
             return
-        # Local results: complete the lease only once the consumer is done with the page.
+        # Local results: the lease is completed only once the consumer is done with the
+        # page; the host's token, the response's politeness and the links go now, or a
+        # slow consumer would hold the host back (and its Retry-After).
+        free = self._politeness(
+            admitted.into({"k": "free", "l": claim.lease, "o": claim.origin}), lease
+        )
+        self._bounds(free)
+        lease.applied = True
+        for key in ("links", "hosts", "drops", "pause", "health", "started", "max", "cap", "mq"):
+            op.pop(key, None)
         lease.final = op
+        self._completions.append(free)
+        self._send_now.set()
         self._count(page, admitted)
         self._by_page[id(page)] = (page, lease)
         try:
@@ -809,7 +826,8 @@ class RedisBackend:
             if ops:
                 codes = await self.frontier.settle_many(ops)
                 for op, code in zip(ops, codes, strict=False):
-                    self._held.pop(str(op["l"]), None)
+                    if op["k"] != "free":
+                        self._held.pop(str(op["l"]), None)
                     if code == 0:
                         self._lost += 1
                 self._poke()
@@ -844,8 +862,7 @@ class RedisBackend:
         while True:
             await self._want_status.wait()
             self._want_status = trio.Event()
-            self._status = await self.frontier.status(host_limit=STATUS_HOSTS)
-            self._status_at = trio.current_time()
+            await self._fetch_status()
 
     async def _listen(
         self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.crawlmodes import MODES, REDIS_MODES, Crawl, crawler_for
+from tests.crawlmodes import MODES, REDIS_MODES, Crawl, Live, crawler_for
 from tests.redisserver import redis_for_tests, unique_crawl_id
 from tests.siteserver import SiteServer, open_site_server
 
@@ -45,3 +45,12 @@ def mode(request: pytest.FixtureRequest, tmp_path: Path) -> Crawl:
     name: str = request.param
     redis_url = request.getfixturevalue("redis_url") if name in REDIS_MODES else None
     return crawler_for(name, tmp_path, redis_url)
+
+
+@pytest.fixture(params=MODES)
+def live(request: pytest.FixtureRequest, tmp_path: Path) -> Live:
+    """A crawl to steer while it runs (``async with live.open(config) as crawl``), on each
+    backend in turn, as `mode` runs them (see tests/crawlmodes.py)."""
+    name: str = request.param
+    redis_url = request.getfixturevalue("redis_url") if name in REDIS_MODES else None
+    return Live(name, tmp_path, redis_url)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Final
 
@@ -111,3 +112,52 @@ def crawler_for(mode: str, tmp_path: Path, redis_url: str | None = None) -> Craw
 
         return crawl_with_redis
     raise ValueError(f"unknown mode {mode!r}")
+
+
+@dataclass
+class Live:
+    """A crawl to steer while it runs, on one backend: ``async with live.open(config) as
+    crawl`` gives the crawl the test drives (live control, statistics, stop). With two
+    Redis workers a second one crawls alongside it; its pages land in `others`."""
+
+    mode: str
+    tmp_path: Path
+    redis_url: str | None = None
+    others: list[crawler.Page] = field(default_factory=list)
+    other_stats: list[crawler.Statistics] = field(default_factory=list)
+
+    def open(self, config: crawler.CrawlConfig) -> AbstractAsyncContextManager[crawler.Crawl]:
+        if self.mode == "memory":
+            return crawler.open_crawl(config)
+        if self.mode == "state":
+            return crawler.open_crawl(replace(config, state=self.tmp_path / "state"))
+        return self._shared(config)
+
+    @asynccontextmanager
+    async def _shared(self, config: crawler.CrawlConfig) -> AsyncIterator[crawler.Crawl]:
+        assert self.redis_url is not None
+        url = self.redis_url
+        crawl_id = unique_crawl_id("live")
+
+        async def other() -> None:
+            async with open_shared_crawl(
+                config, redis_url=url, crawl_id=crawl_id, worker_id="other"
+            ) as crawl:
+                async for page in crawl:
+                    self.others.append(page)
+                self.other_stats.append(crawl.statistics())
+
+        try:
+            async with (
+                trio.open_nursery() as nursery,
+                open_shared_crawl(
+                    config, redis_url=url, crawl_id=crawl_id, worker_id="steered"
+                ) as crawl,
+            ):
+                if self.mode == "redis2":
+                    nursery.start_soon(other)
+                yield crawl
+        finally:
+            with trio.CancelScope(shield=True), trio.move_on_after(10):
+                async with open_redis(url) as client:
+                    await RedisFrontier(client, crawl_id, worker_id="cleanup").delete()
