@@ -149,3 +149,24 @@ async def test_a_graceful_stop_delivers_what_is_under_way(live: Live) -> None:
         # worker, or by the one that went on without it).
         assert len(server.log) == len(pages) + len(live.others)
         assert len(pages) < len(server.reachable_urls()) or live.mode == "redis1"
+
+
+async def test_leaving_the_block_stops_all_traffic_at_once(live: Live) -> None:
+    async with open_site_server(ports=1, pages=60, latency=0.05) as server:
+        config = _config(server, rate=0, per_host=4, timeout=5.0, retries=0)
+        with trio.fail_after(DEADLINE):
+            slow = server.url(0, "/slow-headers?s=30")  # a request that would take 30 s
+            async with live.open(config) as crawl:
+                assert crawl.add(slow, priority=1)
+                seen = 0
+                async for _ in crawl:
+                    seen += 1
+                    if seen == 5:
+                        break
+            left_at = trio.current_time()
+            await trio.sleep(0.5)
+        # Leaving cancelled what was under way (the 30 s request among it) and sent
+        # nothing more: the server saw no request start after the block was left.
+        assert trio.current_time() - left_at < 1.0
+        assert not [r for r in server.log if r.start > left_at and live.mode != "redis2"]
+        assert server.in_flight == 0 or live.mode == "redis2"
