@@ -336,6 +336,10 @@ class RedisBackend:
             )
             self._scope_version = version
 
+    async def status(self) -> SharedStatus:
+        """The whole crawl's progress, from Redis."""
+        return await self.frontier.status()
+
     def _poke(self) -> None:
         self._wake.set()
         self._wake = trio.Event()
