@@ -152,6 +152,8 @@ class _Lease:
     """The consumer is done with that page: complete it (at shutdown too), not release."""
     ended: bool = False
     """Settled (or back in the frontier): no longer counted as active."""
+    free: dict[str, Any] | None = None
+    """The 'free' op of its page while it waits to be sent (see `consumer_done`)."""
 
 
 def _request(lease: _Lease, robots_exchanges: Sequence[Exchange]) -> Request:
@@ -660,6 +662,7 @@ class RedisBackend:
         for key in ("links", "hosts", "drops", "pause", "health", "started", "max", "cap", "mq"):
             op.pop(key, None)
         lease.final = op
+        lease.free = free
         self._completions.append(free)
         self._send_now.set()
         self._count(page, admitted)
@@ -729,6 +732,12 @@ class RedisBackend:
         lease = entry[1]
         if lease.final is not None and lease.claim.lease in self._held:
             lease.acked = True
+            if lease.free is not None:
+                # Its 'free' op is not sent yet: it becomes the completion (one op a page,
+                # as long as the consumer keeps up).
+                lease.free.update(lease.final)
+                lease.final, lease.free = lease.free, None
+                return
             self._completions.append(lease.final)
             self._send_now.set()
 
@@ -827,6 +836,10 @@ class RedisBackend:
             for kind, args in control:
                 await self._send_control(kind, args)
             ops, self._completions = self._completions, []
+            for op in ops:
+                taken = self._held.get(str(op["l"]))
+                if taken is not None:
+                    taken.free = None  # from now on its completion is an op of its own
             if ops:
                 codes = await self.frontier.settle_many(ops)
                 for op, code in zip(ops, codes, strict=False):
