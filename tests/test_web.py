@@ -1,4 +1,4 @@
-"""Tests of the loopback test server itself (tests/siteserver.py)."""
+"""Tests of the test web itself (tests/web/)."""
 
 from __future__ import annotations
 
@@ -20,17 +20,8 @@ import httpx
 import pytest
 import trio
 
-from tests.siteserver import (
-    HOSTILE_ROUTES,
-    RequestRecord,
-    SiteServer,
-    bomb_body,
-    load_log,
-    max_concurrency,
-    max_in_window,
-    open_site_server,
-    start_gaps,
-)
+from tests.web.core import RequestRecord, load_log, max_concurrency, max_in_window, start_gaps
+from tests.web.routes import HOSTILE_ROUTES, SiteServer, bomb_body, open_site_server
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 HREF = re.compile(rb"""href\s*=\s*["']?([^"'\s>]+)""")
@@ -437,7 +428,7 @@ async def test_subprocess_mode(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "tests.siteserver",
+        "tests.web",
         "--ports",
         "3",
         "--pages",
@@ -459,7 +450,7 @@ async def test_subprocess_mode(tmp_path: Path) -> None:
         with trio.fail_after(15):
             while not line.endswith(b"\n"):
                 chunk = await process.stdout.receive_some(1024)
-                assert chunk, "siteserver exited before printing its ports"
+                assert chunk, "the test web exited before printing its ports"
                 line += chunk
         ports = json.loads(line)["ports"]
         assert len(ports) == 3
