@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 
 HOST: Final = "127.0.0.1"
 _RECV_BYTES: Final = 65536
-_REASONS: Final = {status.value: status.phrase.encode() for status in HTTPStatus}
+_REASONS: Final = {status.value: status.phrase for status in HTTPStatus}
 _TCP_ESTABLISHED: Final = 1
 
 Handler = Callable[["Exchange"], Awaitable[None]]
@@ -185,31 +185,28 @@ class Conn:
 
         Raises ``h11.RemoteProtocolError`` for a malformed request."""
         self.end_exchange()
-        conn = self.h11
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()
-        elif conn.our_state is not h11.IDLE or conn.their_state is not h11.IDLE:
-            # A raw handler answered behind h11's back: parse on with a fresh state.
-            data, closed = conn.trailing_data
-            self.h11 = conn = h11.Connection(h11.SERVER)
+        if self.requests:  # h11 parses requests only: each one with a fresh state
+            data, closed = self.h11.trailing_data
+            self.h11 = h11.Connection(h11.SERVER)
             if data:
-                conn.receive_data(bytes(data))
+                self.h11.receive_data(bytes(data))
             if closed:
-                conn.receive_data(b"")
+                self.h11.receive_data(b"")
         try:
             event = await self._next_event()
             if not isinstance(event, h11.Request):
                 return None  # ConnectionClosed
             self.requests += 1
-            raw = list(event.headers.raw_items())
-            headers: dict[str, str] = {}
-            for name, value in raw:
-                key, text = name.decode("latin-1").lower(), value.decode("latin-1")
-                headers[key] = f"{headers[key]}, {text}" if key in headers else text
+            headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in event.headers}
+            if len(headers) < len(event.headers):  # a repeated name: join the values
+                headers = {}
+                for k, v in event.headers:
+                    key, text = k.decode("latin-1"), v.decode("latin-1")
+                    headers[key] = f"{headers[key]}, {text}" if key in headers else text
             method, target = event.method.decode("latin-1"), event.target.decode("latin-1")
             record = RequestRecord(
                 self.port, method, target, headers, trio.current_time(), math.inf, None,
-                self.id, self.origin, raw_headers=raw,
+                self.id, self.origin, raw_headers=event.headers.raw_items(),
             )  # fmt: skip
             self.exchange = Exchange(self.web, record, self.index, conn=self)
             body = bytearray()
@@ -293,7 +290,8 @@ class Exchange:
         #: The ``httpx.Request`` (in process only).
         self.request = request
         self.method = record.method
-        self.path = urlsplit(record.path).path or "/"
+        path = record.path.partition("?")[0]
+        self.path = path if path.startswith("/") else urlsplit(record.path).path or "/"
         #: How often this path (without query) was requested on this origin, this time
         #: included (0 when the web keeps no log).
         self.hits = 0
@@ -303,6 +301,10 @@ class Exchange:
         self.live = True
         #: In process: the response, once complete.
         self.response: httpx.Response | None = None
+        #: Whether the response was completed (:meth:`end_response`).
+        self.done = False
+        self.keep_alive = False
+        self._chunked = False
         self._head = b""
         self._status = 0
         self._headers: list[tuple[str, str]] = []
@@ -330,20 +332,31 @@ class Exchange:
 
     # ---- answering -------------------------------------------------------------------
 
-    def _h11(self, event: h11.Event) -> bytes:
-        assert self.conn is not None
-        return self.conn.h11.send(event) or b""
-
     def start_response(self, status: int, headers: Sequence[tuple[str, str]] = ()) -> None:
-        """The status and headers (sent with the first body bytes, or by :meth:`flush`)."""
+        """The status and headers (sent with the first body bytes, or by :meth:`flush`).
+
+        Without a Content-Length the body is chunked (close-delimited for HTTP/1.0)."""
         self.record.status = status
-        all_headers = [*headers, ("Connection", "close")] if self.close else list(headers)
         if self.conn is None:
-            self._status, self._headers = status, all_headers
-        else:
-            reason = _REASONS.get(status, b"")
-            head = h11.Response(status_code=status, headers=all_headers, reason=reason)
-            self._head = self._h11(head)
+            self._status, self._headers = status, list(headers)
+            return
+        conn = self.conn.h11
+        self.keep_alive = conn.their_state is h11.DONE  # not when the client asked to close
+        lines = [f"HTTP/1.1 {status} {_REASONS.get(status, '')}"]
+        lines += [f"{name}: {value}" for name, value in headers]
+        if (
+            self.method != "HEAD"
+            and status not in (204, 304)
+            and not any(name.lower() == "content-length" for name, _ in headers)
+        ):
+            if conn.their_http_version == b"1.0":
+                self.keep_alive = False
+            else:
+                self._chunked = True
+                lines.append("Transfer-Encoding: chunked")
+        if self.close or not self.keep_alive:
+            lines.append("Connection: close")
+        self._head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     async def send_body(self, data: bytes) -> None:
         if self.method == "HEAD":
@@ -351,8 +364,9 @@ class Exchange:
         if self.conn is None:
             self._body.append(data)
             return
-        out = self._head + self._h11(h11.Data(data=data)) if data else self._head
-        self._head = b""
+        if data and self._chunked:
+            data = b"%x\r\n%s\r\n" % (len(data), data)
+        out, self._head = self._head + data, b""
         if out:
             await self.conn.send(out)
 
@@ -361,15 +375,12 @@ class Exchange:
         await self.send_body(b"")
 
     async def end_response(self) -> None:
-        out = self._head + self._h11(h11.EndOfMessage()) if self.conn is not None else b""
-        self._head = b""
+        """The response is complete (the connection may be kept alive)."""
+        out, self._head = self._head + (b"0\r\n\r\n" if self._chunked else b""), b""
+        self.done = True
         self.finish()
-        if out:
-            await self.send(out)
-
-    async def send(self, data: bytes) -> None:
-        assert self.conn is not None, "raw bytes need a connection"
-        await self.conn.send(data)
+        if out and self.conn is not None:
+            await self.conn.send(out)
 
     async def respond(
         self,
@@ -382,7 +393,8 @@ class Exchange:
         self.start_response(
             status, [("Content-Type", content_type), ("Content-Length", length), *headers]
         )
-        await self.send_body(body)
+        if self.method != "HEAD":
+            self._head += body  # one write: head and body
         await self.end_response()
 
     async def html(self, status: int, title: str, body: str) -> None:
@@ -445,7 +457,7 @@ class Exchange:
         if self.response is None:
             if not self._status:
                 raise httpx.RemoteProtocolError("no response", request=self.request)
-            content = b"".join(self._body)
+            content = b"".join([self._head, *self._body])
             self.response = httpx.Response(self._status, headers=self._headers, content=content)
         return self.response
 
@@ -681,21 +693,16 @@ class Web:
             await self._serve(ex)
         finally:
             conn.end_exchange()
-        state = conn.h11
-        return not ex.close and state.our_state is h11.DONE and state.their_state is h11.DONE
+        return ex.done and ex.keep_alive and not ex.close
 
     async def _reject(self, conn: Conn, exc: h11.RemoteProtocolError) -> None:
         self._note_error(f"port {conn.port} connection {conn.id}: bad request: {exc}")
-        if conn.h11.our_state not in (h11.IDLE, h11.SEND_RESPONSE):
-            return
+        status, body = exc.error_status_hint, f"bad request: {exc}\n".encode()
         if conn.exchange is not None:
-            conn.exchange.record.status = exc.error_status_hint
-        body = f"bad request: {exc}\n".encode()
-        headers = [("Content-Type", "text/plain; charset=utf-8")]
-        headers += [("Content-Length", str(len(body))), ("Connection", "close")]
-        out = conn.h11.send(h11.Response(status_code=exc.error_status_hint, headers=headers))
-        out = (out or b"") + (conn.h11.send(h11.Data(data=body)) or b"")
-        await conn.send(out + (conn.h11.send(h11.EndOfMessage()) or b""))
+            conn.exchange.record.status = status
+        head = f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: text/plain"
+        head += f"; charset=utf-8\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        await conn.send(head.encode() + body)
 
     # ---- serving in process ----------------------------------------------------------
 
