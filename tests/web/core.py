@@ -393,7 +393,9 @@ class Exchange:
         self.start_response(
             status, [("Content-Type", content_type), ("Content-Length", length), *headers]
         )
-        if self.method != "HEAD":
+        if self.conn is None:
+            await self.send_body(body)
+        elif self.method != "HEAD":
             self._head += body  # one write: head and body
         await self.end_response()
 
@@ -457,7 +459,7 @@ class Exchange:
         if self.response is None:
             if not self._status:
                 raise httpx.RemoteProtocolError("no response", request=self.request)
-            content = b"".join([self._head, *self._body])
+            content = b"".join(self._body)
             self.response = httpx.Response(self._status, headers=self._headers, content=content)
         return self.response
 

@@ -160,8 +160,9 @@ class LinkGraph(Routes):
         return html_page(title, body).encode()
 
     def _name(self, index: int) -> str:
-        ports = self.web.ports
-        return str(ports[index]) if ports else self.web.origin(index).partition("://")[2]
+        """The port (the host if it has none) of an origin."""
+        host = self.web.origin(index).partition("://")[2]
+        return host.rpartition(":")[2] if ":" in host else host
 
     def page_targets(self, i: int) -> list[int]:
         """Page numbers page ``i`` links to, in order (``i + 1`` first: all are reachable)."""
