@@ -5,13 +5,13 @@
    (a) our ``crawl`` command, (b) Scrapy, (c) the asyncio + aiohttp + aiolimiter recipe;
    each run a subprocess measured with ``os.wait4`` (wall, CPU, peak RSS); runs
    interleaved a, b, c, a, b, c, ...; medians.
-2. politeness: four loopback hosts with 20 ms latency (``tests.siteserver``), crawled at
+2. politeness: four loopback hosts with 20 ms latency (``tests.web``), crawled at
    20 requests/s per host, burst 1, 2 in flight per host, by ours and by the recipe; the
    server's own log gives each host's achieved rate, densest window, shortest gap between
    request starts and peak concurrency.
 3. HTTPS throughput: the same site served by nginx over TLS (a certificate from a
    trustme CA), crawled by ours and by the recipe, both trusting that CA.
-4. broad polite crawl: ``tests.siteserver`` on 100 loopback ports (= hosts) with 50 ms
+4. broad polite crawl: ``tests.web`` on 100 loopback ports (= hosts) with 50 ms
    latency, every host's root a seed, each host limited to 2 requests/s, crawled for a
    fixed time by ours, the recipe and Scrapy; requests/s against the ceiling (hosts x
    rate) and each host's rate, densest windows and concurrency from the server's log.
@@ -60,7 +60,7 @@ PY: Final = sys.executable
 
 sys.path.insert(0, str(ROOT))
 
-from tests.siteserver import (  # noqa: E402
+from tests.web.core import (  # noqa: E402
     RequestRecord,
     load_log,
     max_concurrency,
@@ -391,10 +391,10 @@ def site_server(
 def logged_site_server(
     log_path: Path, ports: int, pages: int, latency: float, *extra: str
 ) -> Iterator[tuple[list[int], subprocess.Popen[str]]]:
-    """``tests.siteserver`` on ``ports`` ports in one process, answering after
+    """``tests.web`` on ``ports`` ports in one process, answering after
     ``latency`` seconds and logging every request to ``log_path``."""
     log_path.unlink(missing_ok=True)
-    cmd = [PY, "-m", "tests.siteserver", "--ports", str(ports), "--pages", str(pages)]
+    cmd = [PY, "-m", "tests.web", "--ports", str(ports), "--pages", str(pages)]
     cmd += ["--latency", f"{latency:g}", "--log", str(log_path), *extra]
     with open(log_path.with_suffix(".stderr"), "wb") as err:
         proc = subprocess.Popen(
@@ -404,7 +404,7 @@ def logged_site_server(
         assert proc.stdout is not None
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"tests.siteserver did not start (see {err.name})")
+            raise RuntimeError(f"tests.web did not start (see {err.name})")
         yield json.loads(line)["ports"], proc
     finally:
         stop(proc)
@@ -756,7 +756,7 @@ def _proc_cpu(pid: int) -> float:
 def broad_server(
     log_path: Path, hosts: int, pages: int
 ) -> Iterator[tuple[list[int], subprocess.Popen[str]]]:
-    """``tests.siteserver`` on ``hosts`` ports with BROAD_LATENCY, in one process.
+    """``tests.web`` on ``hosts`` ports with BROAD_LATENCY, in one process.
 
     No cross links: every host's root is a seed, so every host has work from the start
     and pages carry 10 links, not one per host."""
@@ -1393,7 +1393,7 @@ def render(
     if polite:
         md += ["", "## 3. Politeness accuracy", ""]
         md += [
-            f"{POLITE_HOSTS} loopback hosts (ports of `tests.siteserver`, {POLITE_LATENCY * 1000:g}"
+            f"{POLITE_HOSTS} loopback hosts (ports of `tests.web`, {POLITE_LATENCY * 1000:g}"
             f" ms latency per request), {POLITE_RATE:g} requests/s per host, burst"
             f" {POLITE_BURST}, {POLITE_PER_HOST} in flight per host, {args.polite_pages} pages",
             "per host. Every figure comes from the server's log of request start and end",
@@ -1444,7 +1444,7 @@ def render(
         md += ["", "## 4. Broad polite crawl", ""]
         first = broad[0]
         md += [
-            f"{first.hosts} loopback ports of one `tests.siteserver` process (= {first.hosts}"
+            f"{first.hosts} loopback ports of one `tests.web` process (= {first.hosts}"
             f" hosts), {BROAD_LATENCY * 1000:g} ms",
             "latency per request, every host's `/` a seed (so every host has work from the",
             f"start), each host limited to {BROAD_RATE:g} requests/s: ours with `--rate"

@@ -18,8 +18,8 @@ Serve (only when nginx is not installed; ``run.py`` picks)::
 
     python benchmarks/site.py serve DIR --port 8080
 
-a small trio + h11 static-file server with keep-alive. It is far slower than nginx, so
-throughput figures measured against it are partly server-bound.
+the test web's trio + h11 core (``tests/web``) serving the directory with keep-alive. It is
+far slower than nginx, so throughput figures measured against it are partly server-bound.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import argparse
 import contextlib
 import hashlib
 import json
-import mimetypes
 import os
 import random
 import shutil
@@ -164,61 +163,18 @@ def ensure_site(pages: int = DEFAULT_PAGES, out: Path | None = None) -> Path:
 
 
 # --------------------------------------------------------------------------------------
-# Fallback server (trio + h11), used only when nginx is missing
+# Fallback server, used only when nginx is missing: the test web's core (tests/web)
 
 
 async def _serve(root: Path, port: int) -> None:
-    import h11
     import trio
 
-    cache: dict[str, tuple[int, bytes, str] | None] = {}
+    sys.path.insert(0, str(HERE.parent))
+    from tests.web.core import Web
+    from tests.web.routes import Static
 
-    def lookup(target: str) -> tuple[int, bytes, str]:
-        if target not in cache:
-            path = target.split("?", 1)[0].split("#", 1)[0]
-            if path.endswith("/"):
-                path += "index.html"
-            file = (root / path.lstrip("/")).resolve()
-            if root in file.parents and file.is_file():
-                ctype = mimetypes.guess_type(file.name)[0] or "application/octet-stream"
-                if ctype.startswith("text/"):
-                    ctype += "; charset=utf-8"
-                cache[target] = (200, file.read_bytes(), ctype)
-            else:
-                cache[target] = None
-        hit = cache[target]
-        return hit if hit is not None else (404, b"not found\n", "text/plain")
-
-    async def handle(stream: trio.SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER)
-        try:
-            while True:
-                event = conn.next_event()
-                if event is h11.NEED_DATA:
-                    data = await stream.receive_some(65536)
-                    conn.receive_data(data)
-                    continue
-                if isinstance(event, h11.Request):
-                    status, body, ctype = lookup(event.target.decode("latin-1"))
-                    headers = [("Content-Type", ctype), ("Content-Length", str(len(body)))]
-                    out = conn.send(h11.Response(status_code=status, headers=headers))
-                    out += conn.send(h11.Data(data=body)) or b""
-                    out += conn.send(h11.EndOfMessage()) or b""
-                    await stream.send_all(out or b"")
-                    continue
-                if isinstance(event, h11.EndOfMessage):
-                    if conn.our_state is h11.MUST_CLOSE:
-                        return
-                    conn.start_next_cycle()
-                    continue
-                if isinstance(event, h11.ConnectionClosed):
-                    return
-        except (trio.BrokenResourceError, h11.ProtocolError):
-            return
-        finally:
-            await stream.aclose()
-
-    await trio.serve_tcp(handle, port, host="127.0.0.1", backlog=4096)
+    async with trio.open_nursery() as nursery:
+        await Web(Static(root), log=False).serve(nursery, port=port, backlog=4096)
 
 
 # --------------------------------------------------------------------------------------

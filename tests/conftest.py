@@ -9,12 +9,12 @@ import pytest
 
 from tests.crawlmodes import MODES, REDIS_MODES, Crawl, Live, crawler_for
 from tests.redisserver import redis_for_tests, unique_crawl_id
-from tests.siteserver import SiteServer, open_site_server
+from tests.web.routes import SiteServer, open_site_server
 
 
 @pytest.fixture
 async def site_server() -> AsyncIterator[SiteServer]:
-    """A two-port :class:`~tests.siteserver.SiteServer` with default options."""
+    """A two-port :class:`~tests.web.SiteServer` with default options."""
     async with open_site_server(ports=2) as server:
         yield server
 

@@ -9,7 +9,7 @@ import trio.testing
 
 import crawler
 from crawler._urls import looks_like_trap
-from tests.mocksite import MockSite, chain_site, html
+from tests.web.routes import MockSite, chain_site, html
 
 A = "http://a.test"
 
@@ -82,12 +82,12 @@ async def test_max_time_stops_gracefully(autojump_clock: trio.testing.MockClock)
             stats = crawl.statistics()
     assert stats.stopped == "max_time"
     assert trio.current_time() == pytest.approx(10.5, abs=0.6)  # in-flight pages finished
-    assert not [h for h in site.hits if h.start > 10.0]
-    assert len(pages) == len(site.hits)
+    assert not [h for h in site.log if h.start > 10.0]
+    assert len(pages) == len(site.log)
 
 
 async def test_header_limits_are_protocol_errors() -> None:
-    from tests.siteserver import open_site_server
+    from tests.web.routes import open_site_server
 
     async with open_site_server(ports=1, pages=2) as server:
         cfg = crawler.CrawlConfig(

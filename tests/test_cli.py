@@ -32,9 +32,9 @@ from crawler._config import (
 from crawler._logs import JsonFormatter, _record_fields
 from crawler._page import ErrorKind
 from crawler._version import __version__
-from tests._rawserver import ReceivedRequest, http_response, raw_server, responder
-from tests.siteserver import SiteServer, open_site_server
 from tests.test_output import SCHEMA_KEYS
+from tests.web.core import RequestRecord, http_response, raw_server, responder
+from tests.web.routes import SiteServer, open_site_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 30.0
@@ -484,8 +484,8 @@ def test_json_log_lines_are_those_of_json_dumps(extra: dict[str, Any]) -> None:
     assert JsonFormatter().format(record) == expected
 
 
-def _broken_page(request: ReceivedRequest) -> bytes:
-    if request.target == b"/robots.txt":
+def _broken_page(request: RequestRecord) -> bytes:
+    if request.path == "/robots.txt":
         return http_response(b"", status=b"404 Not Found")
     # Invalid UTF-8 and a surrogate reference in the title, raw bytes in headers.
     body = b'<title>caf\xe9 \xed\xa0\x80 &#xD800; end</title><a href="/next\xff">next</a>'
@@ -502,7 +502,7 @@ async def test_a_broken_page_is_written_and_logged(tmp_path: Path) -> None:
     out = tmp_path / "pages.jsonl"
     async with raw_server(responder(_broken_page)) as server:
         result = await run_crawl(
-            f"{server.url}/", "--max-pages", "2", "--rate", "0", "-o", str(out),
+            f"{server.origin()}/", "--max-pages", "2", "--rate", "0", "-o", str(out),
             "-v", "--log-format", "json", "-q",
         )  # fmt: skip
     assert result.code == 0, result.stderr

@@ -11,8 +11,8 @@ import trio.lowlevel
 import trio.testing
 
 import crawler
-from tests.mocksite import MockSite, chain_site, html, merge
-from tests.siteserver import open_site_server
+from tests.web.core import Exchange
+from tests.web.routes import MockSite, chain_site, html, merge, open_site_server
 
 A = "http://a.test"
 B = "http://b.test"
@@ -92,12 +92,12 @@ async def test_paused_host_receives_nothing_until_resumed(
                 paused_at = trio.current_time()
                 assert crawl.statistics().hosts[B].paused
                 await trio.sleep(5.0)
-                assert not [h for h in site.hits if h.url.startswith(B) and h.start > paused_at]
-                assert [h for h in site.hits if h.url.startswith(A) and h.start > paused_at]
+                assert not [h for h in site.log if h.url.startswith(B) and h.start > paused_at]
+                assert [h for h in site.log if h.url.startswith(A) and h.start > paused_at]
                 crawl.resume("b.test")
                 resumed_at = trio.current_time()
                 await trio.sleep(1.0)
-                assert [h for h in site.hits if h.url.startswith(B) and h.start >= resumed_at]
+                assert [h for h in site.log if h.url.startswith(B) and h.start >= resumed_at]
 
             nursery.start_soon(steer)
             pages = [p async for p in crawl]
@@ -114,9 +114,9 @@ async def test_pause_whole_crawl(autojump_clock: trio.testing.MockClock) -> None
                 got += 1
                 if got == 6:
                     crawl.pause()
-                    count = len(site.hits)
+                    count = len(site.log)
                     await trio.sleep(30)
-                    assert len(site.hits) <= count + 2  # only what was already handed to workers
+                    assert len(site.log) <= count + 2  # only what was already handed to workers
                     assert crawl.statistics().paused
                     crawl.resume()
     assert got == 42
@@ -180,17 +180,17 @@ async def test_graceful_stop_delivers_every_in_flight_page(
                 if len(got) == 7:
                     crawl.stop()
                     stopped_at = trio.current_time()
-    started_before_stop = {h.url for h in site.hits if h.start <= stopped_at}
+    started_before_stop = {h.url for h in site.log if h.start <= stopped_at}
     assert started_before_stop == set(got)  # every request in flight became a page
-    assert not [h for h in site.hits if h.start > stopped_at]
+    assert not [h for h in site.log if h.start > stopped_at]
 
 
 async def test_global_concurrency_changes(autojump_clock: trio.testing.MockClock) -> None:
     site = MockSite(merge(chain_site(A, 60, fanout=20), chain_site(B, 60, fanout=20)), latency=1)
     peak: list[int] = []
 
-    async def watch(request: httpx.Request) -> None:
-        peak.append(sum(site.in_flight.values()))
+    async def watch(ex: Exchange) -> None:
+        peak.append(site.in_flight)
 
     site.on_request = watch
     cfg = config(seeds=(f"{A}/", f"{B}/"), per_host=8, concurrency=2)
@@ -240,8 +240,8 @@ async def test_statistics_add_up(autojump_clock: trio.testing.MockClock) -> None
 async def test_hooks(autojump_clock: trio.testing.MockClock) -> None:
     seen_headers: list[str | None] = []
 
-    async def record(request: httpx.Request) -> None:
-        seen_headers.append(request.headers.get("x-token"))
+    async def record(ex: Exchange) -> None:
+        seen_headers.append(ex.headers.get("x-token"))
 
     site = MockSite(chain_site(A, 20), on_request=record)
 

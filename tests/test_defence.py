@@ -23,8 +23,7 @@ from crawler._build import build_page
 from crawler._fetch import Fetcher
 from crawler._links import parse_html
 from crawler._unexpected import ends_crawl, note_hook, unexpected_error
-from tests.mocksite import MockSite, chain_site
-from tests.siteserver import open_site_server
+from tests.web.routes import MockSite, chain_site, open_site_server
 
 A = "http://a.test"
 SITE = 8
@@ -86,7 +85,7 @@ async def test_a_bug_in_build_page_is_one_error_record(
     with caplog.at_level(logging.INFO, logger="crawler"):
         pages, stats = await crawl_all(config(), site)
     assert_one_boom(pages, stats, target)
-    assert len(site.hits) == len(every_url())  # fetched once, not retried
+    assert len(site.log) == len(every_url())  # fetched once, not retried
     logged = [r for r in caplog.records if r.exc_info is not None]
     assert len(logged) == 1 and target in logged[0].getMessage()
 
@@ -138,7 +137,7 @@ async def test_with_state_the_failed_url_is_done_and_not_fetched_again(
     # Resumed without the bug: everything, the failed URL too, was committed as done.
     again, stats = await crawl_all(config(state=tmp_path), site)
     assert again == [] and stats.pages == len(pages) and stats.errors_by_kind == {"other": 1}
-    assert len(site.hits) == len(every_url())
+    assert len(site.log) == len(every_url())
 
 
 async def test_unparseable_robots_txt_allows_all(

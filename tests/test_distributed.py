@@ -1,7 +1,7 @@
 """Shared crawls: several workers, one Redis, one politeness budget per host.
 
 The subprocess tests run real worker processes (``crawl --redis``) against
-``python -m tests.siteserver`` and judge politeness from the site server's own log.
+``python -m tests.web`` and judge politeness from the site server's own log.
 """
 
 from __future__ import annotations
@@ -32,14 +32,8 @@ from crawler._distributed import (
 )
 from crawler._redis import RedisFrontier, SharedCrawlError, open_redis
 from tests.redisserver import unique_crawl_id
-from tests.siteserver import (
-    RequestRecord,
-    SiteServer,
-    load_log,
-    max_concurrency,
-    max_in_window,
-    open_site_server,
-)
+from tests.web.core import RequestRecord, load_log, max_concurrency, max_in_window
+from tests.web.routes import SiteServer, open_site_server
 
 ROOT = Path(__file__).resolve().parent.parent
 RATE, BURST, PER_HOST = 20.0, 2, 2
@@ -82,7 +76,7 @@ class _SiteProcess:
 
 async def _start_site(tmp: Path, *, ports: int, pages: int, latency: float) -> _SiteProcess:
     log = tmp / "server.jsonl"
-    cmd = [sys.executable, "-m", "tests.siteserver", "--ports", str(ports), "--pages", str(pages)]
+    cmd = [sys.executable, "-m", "tests.web", "--ports", str(ports), "--pages", str(pages)]
     cmd += ["--latency", str(latency), "--log", str(log)]
     proc = await trio.lowlevel.open_process(
         cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
@@ -93,7 +87,7 @@ async def _start_site(tmp: Path, *, ports: int, pages: int, latency: float) -> _
         while not line.endswith(b"\n"):
             chunk = await proc.stdout.receive_some(4096)
             if not chunk:
-                raise RuntimeError("siteserver exited before listening")
+                raise RuntimeError("the test web exited before listening")
             line += chunk
     return _SiteProcess(proc, json.loads(line)["ports"], log)
 

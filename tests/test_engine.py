@@ -11,7 +11,8 @@ import trio
 import trio.testing
 
 import crawler
-from tests.mocksite import MockSite, chain_site, html, merge
+from tests.web.core import Exchange
+from tests.web.routes import MockSite, chain_site, html, merge
 
 A = "http://a.test"
 B = "http://b.test"
@@ -43,7 +44,7 @@ async def test_crawls_every_reachable_page_once(autojump_clock: trio.testing.Moc
     pages, stats = await collect(config(), site)
     urls = [p.final_url for p in pages]
     assert sorted(urls) == sorted({f"{A}/", *(f"{A}/p/{i}" for i in range(50))})
-    assert len(site.hits) == 51  # each fetched once despite 3 inbound links per page
+    assert len(site.log) == 51  # each fetched once despite 3 inbound links per page
     assert stats.pages == 51 and stats.errors == 0 and stats.queued == 0 and stats.in_flight == 0
     assert stats.hosts[A].done == 51
     assert stats.bytes == sum(len(p.body) for p in pages)
@@ -103,7 +104,7 @@ async def test_include_exclude_depth_and_max_pages(autojump_clock: trio.testing.
 
     site = MockSite(chain_site(A, 30, fanout=2))
     pages, stats = await collect(config(max_pages=7), site)
-    assert len(pages) == 7 and len(site.hits) == 7
+    assert len(pages) == 7 and len(site.log) == 7
     assert stats.dropped["max_pages"] >= 1
 
     site = MockSite(chain_site(A, 10, fanout=1))
@@ -145,15 +146,15 @@ async def test_per_host_concurrency_and_global_cap(autojump_clock: trio.testing.
         cfg = config(seeds=(f"{A}/", f"{B}/"), per_host=per_host, concurrency=concurrency)
         peak = 0
 
-        async def watch(request: httpx.Request, site: MockSite = site) -> None:
+        async def watch(ex: Exchange, site: MockSite = site) -> None:
             nonlocal peak
-            peak = max(peak, sum(site.in_flight.values()))
+            peak = max(peak, site.in_flight)
 
         site.on_request = watch
         pages, _ = await collect(cfg, site)
         assert len(pages) == 82
-        assert site.max_in_flight[A] >= host_peak and site.max_in_flight[B] >= host_peak
-        assert max(site.max_in_flight.values()) <= per_host
+        assert site.peak[A] >= host_peak and site.peak[B] >= host_peak
+        assert max(site.peak.values()) <= per_host
         assert peak == total_peak
 
 
@@ -185,8 +186,8 @@ async def test_slow_host_never_holds_back_a_ready_host(
         hosts={"b.test": crawler.HostLimits(rate=0)},
     )
     pages, _ = await collect(cfg, site)
-    last_fast = max(h.end for h in site.hits if h.url.startswith(B))
-    last_slow = max(h.end for h in site.hits if h.url.startswith(A))
+    last_fast = max(h.end for h in site.log if h.url.startswith(B))
+    last_slow = max(h.end for h in site.log if h.url.startswith(A))
     assert len(pages) == 21 + 201
     assert last_slow >= 20.0
     # 201 pages at 2 in flight with 10 ms latency: about a second, not twenty.
@@ -204,7 +205,7 @@ async def test_backpressure_slow_consumer(
             first = await crawl.__anext__()
             assert first.url == f"{A}/"
             await trio.sleep(100)  # the consumer dawdles: fetching must stall, not pile up
-            stalled = len(site.hits)
+            stalled = len(site.log)
             # delivered + the buffer + one page per worker + one being handed over
             assert stalled <= 1 + buffer + 4 + 1
             count = 1
@@ -224,10 +225,10 @@ async def test_leaving_early_stops_all_traffic(autojump_clock: trio.testing.Mock
                 if page.url.endswith("/p/3"):
                     break
             left_at = trio.current_time()
-    count = len(site.hits)
+    count = len(site.log)
     assert trio.current_time() - left_at < 0.01
     await trio.sleep(10)
-    assert len(site.hits) == count  # nothing after the block
+    assert len(site.log) == count  # nothing after the block
     assert count < 100
 
 
@@ -242,9 +243,9 @@ async def test_cancelling_the_callers_scope_stops_promptly(
                 received += 1
     assert scope.cancelled_caught
     assert trio.current_time() == pytest.approx(3.0)
-    count = len(site.hits)
+    count = len(site.log)
     await trio.sleep(10)
-    assert len(site.hits) == count
+    assert len(site.log) == count
     assert 0 < received < 1000
 
 
@@ -332,7 +333,7 @@ async def test_graceful_and_hard_stop(autojump_clock: trio.testing.MockClock) ->
                     crawl.stop()
             # Graceful: the in-flight pages still arrive, nothing new starts.
             assert len(got) >= 5 + in_flight - 1
-            assert len(site.hits) <= len(got) + 1
+            assert len(site.log) <= len(got) + 1
 
     site = MockSite(chain_site(A, 300, fanout=5), latency=1.0)
     with trio.fail_after(600):

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import trio
 
-from tests.siteserver import open_site_server
+from tests.web.routes import open_site_server
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import crawler
-from tests._rawserver import Peer, raw_server
+from tests.web.core import Conn, raw_server
 
 EXAMPLES = int(os.environ.get("CRAWLER_FUZZ_EXAMPLES", "30"))
 DEADLINE = 20.0
@@ -226,14 +226,14 @@ sites = st.builds(
 
 
 async def crawl_site(site: Site) -> tuple[list[crawler.Page], crawler.Statistics, str]:
-    async def handle(peer: Peer) -> None:
+    async def handle(peer: Conn) -> None:
         # Without keep-alive, one response per connection; with it, a response with more
         # bytes than it declares leaves them for the client to read as the next response.
         while True:
             request = await peer.read_request()
             if request is None:
                 return
-            path = request.target.decode("latin-1").partition("?")[0]
+            path = request.path.partition("?")[0]
             site.served[path] += 1
             await peer.send(HOME_RESPONSE if path == "/" else site.responses.get(path, NOT_FOUND))
             if not site.keep_alive:
@@ -242,7 +242,7 @@ async def crawl_site(site: Site) -> tuple[list[crawler.Page], crawler.Statistics
     with trio.fail_after(DEADLINE):
         async with raw_server(handle) as server:
             config = crawler.CrawlConfig(
-                seeds=(server.url + "/",),
+                seeds=(server.origin() + "/",),
                 rate=0,
                 per_host=4,
                 retries=1,
@@ -259,7 +259,7 @@ async def crawl_site(site: Site) -> tuple[list[crawler.Page], crawler.Statistics
             async with crawler.open_crawl(config) as crawl:
                 pages = [page async for page in crawl]
                 stats = crawl.statistics()
-    return pages, stats, server.url
+    return pages, stats, server.origin()
 
 
 def check(site: Site, pages: list[crawler.Page], stats: crawler.Statistics, origin: str) -> None:

@@ -14,8 +14,8 @@ import trio.testing
 import crawler
 from crawler._guard import AddressGuard, BlockedAddressError, is_public
 from crawler._transport import TrioTransport
-from tests.mocksite import MockSite, html
-from tests.siteserver import open_site_server
+from tests.web.core import Exchange
+from tests.web.routes import MockSite, html, open_site_server
 
 
 @pytest.mark.parametrize(
@@ -122,10 +122,10 @@ async def test_block_private_blocks_redirect_and_private_dns() -> None:
 async def test_credentials_stay_with_their_origin(autojump_clock: trio.testing.MockClock) -> None:
     seen: dict[str, str | None] = {}
 
-    async def record(request: httpx.Request) -> None:
-        seen[str(request.url.copy_with(username=None, password=None))] = request.headers.get(
-            "authorization"
-        )
+    async def record(ex: Exchange) -> None:
+        assert ex.request is not None
+        url = ex.request.url.copy_with(username=None, password=None)
+        seen[str(url)] = ex.headers.get("authorization")
 
     site = MockSite(
         {

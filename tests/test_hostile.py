@@ -7,7 +7,7 @@ import resource
 import trio
 
 import crawler
-from tests.siteserver import open_site_server
+from tests.web.routes import open_site_server
 
 ROBOTS = "User-agent: *\nDisallow: /disallowed/\n"
 SLOW_ROBOTS = "User-agent: *\nCrawl-delay: 0.3\nDisallow: /disallowed/\n"

@@ -7,7 +7,7 @@ import trio
 
 import crawler
 from tests.crawlmodes import Crawl
-from tests.siteserver import open_site_server
+from tests.web.routes import open_site_server
 
 EPS = 0.01  # the server shares our event loop: its timestamps include scheduling delay
 

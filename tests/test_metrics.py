@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import crawler
 from crawler._metrics import MetricsServer, StatisticsCollector, serve_metrics
 from crawler._page import HostStatistics
-from tests.siteserver import open_site_server
+from tests.web.routes import open_site_server
 
 
 def parse(text: str) -> dict[str, float]:

@@ -14,7 +14,7 @@ import trio
 
 import crawler
 from tests.crawlmodes import crawler_for
-from tests.siteserver import SiteServer, open_site_server
+from tests.web.routes import SiteServer, open_site_server
 
 ROBOTS = "User-agent: *\nDisallow: /disallowed/\n"
 SLOW = ("/drip", "/stall", "/slow-headers")

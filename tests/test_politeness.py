@@ -21,8 +21,8 @@ from crawler._retry import (
     retry_delay,
 )
 from tests.crawlmodes import Crawl
-from tests.mocksite import MockSite, chain_site, html, merge
-from tests.siteserver import open_site_server
+from tests.web.core import Exchange
+from tests.web.routes import MockSite, chain_site, html, merge, open_site_server
 
 A = "http://a.test"
 B = "http://b.test"
@@ -166,16 +166,16 @@ async def test_retry_after_pauses_the_host(autojump_clock: trio.testing.MockCloc
     calls = 0
     site = MockSite(merge(chain_site(A, 10, fanout=9), chain_site(B, 10, fanout=9)))
 
-    async def limited(request: httpx.Request) -> None:
+    async def limited(ex: Exchange) -> None:
         nonlocal calls
-        if str(request.url) == f"{A}/p/0":
+        if ex.url == f"{A}/p/0":
             calls += 1
 
     site.on_request = limited
     site.pages[f"{A}/p/0"] = httpx.Response(429, headers={"Retry-After": "7"}, html="slow down")
     cfg = config(seeds=(f"{A}/", f"{B}/"), obey_robots=False)
     # Serve 429 once, then the page.
-    original = site._handle
+    original = site.handle
 
     async def handle(request: httpx.Request) -> httpx.Response:
         response = await original(request)
@@ -187,12 +187,12 @@ async def test_retry_after_pauses_the_host(autojump_clock: trio.testing.MockCloc
     with trio.fail_after(600):
         async with crawler.open_crawl(cfg, transport=transport) as crawl:
             pages = {p.url: p async for p in crawl}
-    first_429 = next(h.start for h in site.hits if h.url == f"{A}/p/0")
-    a_after = [h.start for h in site.hits if h.url.startswith(A) and h.start > first_429]
+    first_429 = next(h.start for h in site.log if h.url == f"{A}/p/0")
+    a_after = [h.start for h in site.log if h.url.startswith(A) and h.start > first_429]
     assert a_after and min(a_after) == pytest.approx(first_429 + 7.0)
     assert pages[f"{A}/p/0"].status == 200
     # The other host was never paused.
-    assert max(h.start for h in site.hits if h.url.startswith(B)) < 1.0
+    assert max(h.start for h in site.log if h.url.startswith(B)) < 1.0
 
 
 async def test_retry_after_too_long_fails_the_url(autojump_clock: trio.testing.MockClock) -> None:
@@ -372,7 +372,7 @@ async def test_sitemaps_seed_the_frontier(autojump_clock: trio.testing.MockClock
     assert not [u for u in site.urls() if "other.test" in u]  # out of scope
 
     site.pages[f"{A}/robots.txt"] = robots("User-agent: *\n")
-    site.hits.clear()
+    site.log.clear()
     pages, _ = await collect(config(sitemaps=False), site)
     assert f"{A}/second" not in pages
 

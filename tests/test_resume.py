@@ -3,7 +3,7 @@ state fail, and run it again with the same ``--state``: in the end the JSON Line
 outputs hold every reachable page exactly once, every line parses and the WARC reads back
 cleanly.
 
-The site is a subprocess (``python -m tests.siteserver``), as the crawl is; the moments are
+The site is a subprocess (``python -m tests.web``), as the crawl is; the moments are
 drawn from a fixed ``random.Random`` seed, so a failure can be replayed."""
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ import pytest
 import trio
 
 from crawler._state import _SCHEMA, DB_NAME
-from tests.siteserver import SiteServer, open_site_server
 from tests.test_cli import ROOT, _create, _env, read_jsonl, warc_contents
 from tests.test_state import crawl_args, run
+from tests.web.routes import SiteServer, open_site_server
 
 PORTS = 3
 PAGES = 1000
@@ -38,7 +38,7 @@ RUN_TIMEOUT = 60.0
 async def site_process() -> AsyncIterator[SiteServer]:
     """The loopback site in a subprocess; a SiteServer (not serving) that knows its ports."""
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "tests.siteserver", "--ports", str(PORTS), "--pages", str(PAGES)],
+        [sys.executable, "-m", "tests.web", "--ports", str(PORTS), "--pages", str(PAGES)],
         cwd=ROOT,
         env=_env(),
         stdin=subprocess.DEVNULL,

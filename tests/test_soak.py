@@ -36,7 +36,8 @@ import pytest
 import trio
 
 import crawler
-from tests.faultserver import Fault, FaultServer, open_fault_server, summarize
+from tests.web.core import Web
+from tests.web.faults import Fault, FaultyGraph, summarize
 
 pytestmark = [
     pytest.mark.slow,
@@ -88,9 +89,9 @@ class Crawled:
     seconds: float = 0.0
 
 
-def config_for(server: FaultServer) -> crawler.CrawlConfig:
+def config_for(site: FaultyGraph) -> crawler.CrawlConfig:
     return crawler.CrawlConfig(
-        seeds=tuple(server.seeds()),
+        seeds=tuple(site.seeds()),
         rate=0,
         per_host=PER_HOST,
         concurrency=CONCURRENCY,
@@ -102,11 +103,11 @@ def config_for(server: FaultServer) -> crawler.CrawlConfig:
     )
 
 
-async def crawl_all(server: FaultServer, deadline: float) -> Crawled:
+async def crawl_all(site: FaultyGraph, deadline: float) -> Crawled:
     out = Crawled()
     start = time.perf_counter()
     with trio.fail_after(deadline):
-        async with crawler.open_crawl(config_for(server)) as crawl:
+        async with crawler.open_crawl(config_for(site)) as crawl:
             async for page in crawl:
                 out.deliveries[page.url] += 1
                 kind = None if page.error is None else str(page.error.kind)
@@ -116,13 +117,13 @@ async def crawl_all(server: FaultServer, deadline: float) -> Crawled:
     return out
 
 
-def check_exactly_once(server: FaultServer, crawled: Crawled) -> None:
+def check_exactly_once(site: FaultyGraph, crawled: Crawled) -> None:
     twice = {url: n for url, n in crawled.deliveries.items() if n > 1}
     assert not twice, f"URLs delivered more than once: {sorted(twice.items())[:10]}"
     records = crawled.records
-    outside = set(records) - server.all_urls()
+    outside = set(records) - site.all_urls()
     assert not outside, f"records for URLs the site never linked to: {sorted(outside)[:10]}"
-    expected = server.reachable(lambda url: url in records and records[url].ok)
+    expected = site.reachable_urls(lambda url: url in records and records[url].ok)
     lost = expected - set(records)
     assert not lost, f"{len(lost)} URLs lost (no record): {sorted(lost)[:10]}"
     unexpected = set(records) - expected
@@ -136,21 +137,21 @@ def check_exactly_once(server: FaultServer, crawled: Crawled) -> None:
     assert (stats.queued, stats.in_flight) == (0, 0)
 
 
-def check_outcomes(server: FaultServer, crawled: Crawled) -> None:
+def check_outcomes(site: FaultyGraph, crawled: Crawled) -> None:
     """Each record matches the server's last answer for its URL."""
     mismatches: list[str] = []
     for url, record in crawled.records.items():
-        node = server.node_of(url)
+        node = site.node_of(url)
         assert node is not None
-        history = server.history.get(node)
+        history = site.history.get(node)
         if not history:
             mismatches.append(f"{url}: recorded as {record} but never requested")
             continue
         last = history[-1]
-        attempts = server.attempts(node)
+        attempts = site.attempts(node)
         if attempts > RETRIES + 1:
             mismatches.append(f"{url}: {attempts} attempts: {history}")
-        if server.permanent(node) is not None and attempts != RETRIES + 1:
+        if site.permanent(node) is not None and attempts != RETRIES + 1:
             mismatches.append(f"{url}: fails permanently but was tried {attempts} times")
         if last.failing:
             good = record.kind in last.error_kinds and (
@@ -164,20 +165,22 @@ def check_outcomes(server: FaultServer, crawled: Crawled) -> None:
 
 
 async def test_soak_faults_every_url_once_no_leak() -> None:
-    async with open_fault_server(PORTS, pages=WARMUP_PAGES, seed=SEED + 1) as warm_server:
-        warm = await crawl_all(warm_server, WARMUP_DEADLINE)
-    check_exactly_once(warm_server, warm)
+    warm_site = FaultyGraph(WARMUP_PAGES, seed=SEED + 1)
+    async with Web(warm_site, log=False).serving(PORTS):
+        warm = await crawl_all(warm_site, WARMUP_DEADLINE)
+    check_exactly_once(warm_site, warm)
     warm_report = f"warm-up {len(warm.records)} records in {warm.seconds:.1f} s"
-    del warm, warm_server
+    del warm, warm_site
     gc.collect()
     fds_before, rss_before = open_fds(), rss_bytes()
 
-    async with open_fault_server(PORTS, pages=PAGES, seed=SEED) as server:
-        crawled = await crawl_all(server, CRAWL_DEADLINE)
+    site = FaultyGraph(PAGES, seed=SEED)
+    async with Web(site, log=False).serving(PORTS) as server:
+        crawled = await crawl_all(site, CRAWL_DEADLINE)
     gc.collect()
     fds_after, rss_after = open_fds(), rss_bytes()
 
-    fetches = sum(server.fault_counts.values())
+    fetches = sum(site.fault_counts.values())
     stats = crawled.statistics
     assert stats is not None
     print(
@@ -186,20 +189,20 @@ async def test_soak_faults_every_url_once_no_leak() -> None:
         f"\n  fds {fds_before} -> {fds_after}; RSS {rss_before / 2**20:.1f} MiB ->"
         f" {rss_after / 2**20:.1f} MiB ({(rss_after - rss_before) / 2**20:+.1f} MiB)"
         f"\n  server: {server.connections} connections, max concurrency per port"
-        f" {server.max_concurrency} (naive {server.max_concurrency_naive}),"
-        f" {server.budget_spent} faults skipped (budget spent),"
-        f" {server.raced_closes} silent closes raced a reused request"
-        f"\n  faults: {summarize(server.fault_counts.items())}"
+        f" {list(server.peak.values())} (naive {list(server.peak_naive.values())}),"
+        f" {site.budget_spent} faults skipped (budget spent),"
+        f" {site.raced_closes} silent closes raced a reused request"
+        f"\n  faults: {summarize(site.fault_counts.items())}"
         f"\n  errors by kind: {dict(stats.errors_by_kind)}"
     )
 
     assert not server.errors, server.errors[:10]
     assert not server.unknown_paths, server.unknown_paths[:10]
     assert fetches >= MIN_FETCHES
-    assert sum(n for f, n in server.fault_counts.items() if f is not Fault.NONE) > 1_000
-    check_exactly_once(server, crawled)
-    assert len(crawled.records) >= 0.99 * len(server.all_urls())
-    check_outcomes(server, crawled)
-    assert max(server.max_concurrency) <= PER_HOST, server.max_concurrency
+    assert sum(n for f, n in site.fault_counts.items() if f is not Fault.NONE) > 1_000
+    check_exactly_once(site, crawled)
+    assert len(crawled.records) >= 0.99 * len(site.all_urls())
+    check_outcomes(site, crawled)
+    assert max(server.peak.values()) <= PER_HOST, server.peak
     assert abs(fds_after - fds_before) <= FD_MARGIN, (fds_before, fds_after)
     assert rss_after - rss_before < RSS_MARGIN, (rss_before, rss_after)

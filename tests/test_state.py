@@ -35,10 +35,9 @@ from crawler._state import (
     read_snapshot,
     reset_state,
 )
-from tests.mocksite import MockSite, chain_site, html
-from tests.siteserver import SiteServer, open_site_server
 from tests.test_cli import ROOT, RUN_TIMEOUT, _env, read_jsonl, warc_contents
 from tests.test_output import make_page
+from tests.web.routes import MockSite, SiteServer, chain_site, html, open_site_server
 
 A = "http://a.test"
 
@@ -318,13 +317,13 @@ async def test_resume_fetches_each_page_once_across_runs(tmp_path: Path) -> None
     second, stats = await crawl_until(cfg, site)
     urls = [p.url for p in first + second]
     assert sorted(urls) == sorted({f"{A}/", *(f"{A}/p/{i}" for i in range(200))})
-    assert len(site.hits) == 201  # nothing fetched twice
+    assert len(site.log) == 201  # nothing fetched twice
     assert stats.pages == 201 and stats.queued == 0  # statistics accumulate
     assert stats.hosts[A].done == 201
     assert stats.seen == 201
 
     third, stats = await crawl_until(cfg, site)
-    assert third == [] and len(site.hits) == 201 and stats.pages == 201
+    assert third == [] and len(site.log) == 201 and stats.pages == 201
 
 
 async def test_a_page_counts_as_done_when_the_next_is_asked_for(tmp_path: Path) -> None:

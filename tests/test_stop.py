@@ -13,9 +13,9 @@ import crawler
 from crawler import _shield
 from crawler._output import JsonLinesWriter, OutputError
 from crawler._state import Batch, CommitResult, StateError, StateStore, read_snapshot
-from tests.mocksite import MockSite, chain_site
 from tests.test_output import make_page
 from tests.test_state import A, config
+from tests.web.routes import MockSite, chain_site
 
 
 async def test_cancelling_a_crawl_whose_commit_hangs_returns_within_the_bound(

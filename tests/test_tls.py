@@ -18,7 +18,7 @@ import trustme
 
 from crawler._cli import UsageError, build_config, parse_args
 from crawler._config import CrawlConfig
-from tests._rawserver import ReceivedRequest, http_response, raw_server, responder
+from tests.web.core import RequestRecord, http_response, raw_server, responder
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT = 30.0
@@ -37,8 +37,8 @@ def ca_pem(ca: trustme.CA, tmp_path: Path) -> Path:
     return path
 
 
-def _page(request: ReceivedRequest) -> bytes:
-    if request.target == b"/robots.txt":
+def _page(request: RequestRecord) -> bytes:
+    if request.path == "/robots.txt":
         return http_response(
             b"User-agent: *\nAllow: /\n", headers=[(b"Content-Type", b"text/plain")]
         )

@@ -17,7 +17,7 @@ import trio
 import trustme
 
 from crawler._transport import TrioTransport
-from tests._rawserver import Peer, ReceivedRequest, raw_server, responder
+from tests.web.core import Conn, RequestRecord, raw_server, responder
 
 
 def make_transport(**options: Any) -> TrioTransport:
@@ -65,7 +65,7 @@ async def test_content_length_body_headers_and_version() -> None:
         b"set-cookie: a=1\r\nSet-Cookie: b=2\r\n\r\nhello"
     )
     async with raw_server(responder(wire)) as server, make_transport() as transport:
-        response, body = await fetch(transport, server.url + "/path?q=1")
+        response, body = await fetch(transport, server.origin() + "/path?q=1")
     assert response.status_code == 200
     assert body == b"hello"
     assert response.headers.raw == [
@@ -76,22 +76,22 @@ async def test_content_length_body_headers_and_version() -> None:
     ]
     assert response.extensions["http_version"] == b"HTTP/1.1"
     assert response.extensions["reason_phrase"] == b"Fine"
-    assert response.request.url == server.url + "/path?q=1"
-    (req,) = server.requests
-    assert req.method == b"GET"
-    assert req.target == b"/path?q=1"
-    assert req.header(b"host") == f"127.0.0.1:{server.port}".encode()
+    assert response.request.url == server.origin() + "/path?q=1"
+    (req,) = server.log
+    assert req.method == "GET"
+    assert req.path == "/path?q=1"
+    assert req.headers["host"] == f"127.0.0.1:{server.port}"
 
 
 async def test_chunked_body_is_dechunked_and_streamed() -> None:
-    async def handler(peer: Peer) -> None:
+    async def handler(peer: Conn) -> None:
         while await peer.read_request():
             await peer.send(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
             await trio.sleep(0.02)  # the body arrives in pieces: read on demand
             await peer.send(b"6;ext=1\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n")
 
     async with raw_server(handler) as server, make_transport() as transport:
-        request = httpx.Request("GET", server.url)
+        request = httpx.Request("GET", server.origin())
         response = await transport.handle_async_request(request)
         chunks = [chunk async for chunk in response.aiter_raw()]
         await response.aclose()
@@ -100,7 +100,7 @@ async def test_chunked_body_is_dechunked_and_streamed() -> None:
 
 
 async def test_close_delimited_http10_body() -> None:
-    async def handler(peer: Peer) -> None:
+    async def handler(peer: Conn) -> None:
         await peer.read_request()
         await peer.send(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nfirst ")
         await trio.sleep(0.02)
@@ -108,7 +108,7 @@ async def test_close_delimited_http10_body() -> None:
         # returning closes the connection: that ends the body
 
     async with raw_server(handler) as server, make_transport() as transport:
-        response, body = await fetch(transport, server.url)
+        response, body = await fetch(transport, server.origin())
         assert body == b"first second"
         assert response.extensions["http_version"] == b"HTTP/1.0"
         assert transport.idle_connections() == 0
@@ -117,14 +117,14 @@ async def test_close_delimited_http10_body() -> None:
 async def test_head_has_no_body_and_connection_is_reused() -> None:
     wire = b"HTTP/1.1 200 OK\r\nContent-Length: 12345\r\n\r\n"
 
-    def respond(req: ReceivedRequest) -> bytes:
-        return wire if req.method == b"HEAD" else ok(b"after head")
+    def respond(req: RequestRecord) -> bytes:
+        return wire if req.method == "HEAD" else ok(b"after head")
 
     async with raw_server(responder(respond)) as server, make_transport() as transport:
-        response, body = await fetch(transport, server.url, "HEAD")
+        response, body = await fetch(transport, server.origin(), "HEAD")
         assert (response.status_code, body) == (200, b"")
         assert response.headers["content-length"] == "12345"
-        _, body = await fetch(transport, server.url)
+        _, body = await fetch(transport, server.origin())
         assert body == b"after head"
         assert server.connections == 1
 
@@ -134,10 +134,10 @@ async def test_204_and_304_have_no_body(status: bytes) -> None:
     # A (bogus) Content-Length on 204/304 must not make us wait for a body.
     wire = b"HTTP/1.1 " + status + b"\r\nContent-Length: 10\r\n\r\n"
     async with raw_server(responder(wire)) as server, make_transport() as transport:
-        response, body = await fetch(transport, server.url)
+        response, body = await fetch(transport, server.origin())
         assert body == b""
         assert response.status_code == int(status[:3])
-        _, body = await fetch(transport, server.url)
+        _, body = await fetch(transport, server.origin())
         assert server.connections == 1
 
 
@@ -147,7 +147,7 @@ async def test_informational_responses_are_skipped() -> None:
         b"HTTP/1.1 103 Early Hints\r\nLink: </style.css>; rel=preload\r\n\r\n" + ok(b"final")
     )
     async with raw_server(responder(wire)) as server, make_transport() as transport:
-        response, body = await fetch(transport, server.url)
+        response, body = await fetch(transport, server.origin())
     assert (response.status_code, body) == (200, b"final")
     assert "link" not in response.headers
 
@@ -157,12 +157,12 @@ async def test_gzip_body_is_returned_still_encoded() -> None:
     encoded = gzip.compress(payload)
     wire = ok(encoded, extra=b"Content-Encoding: gzip\r\n")
     async with raw_server(responder(wire)) as server, make_transport() as transport:
-        response, body = await fetch(transport, server.url)
+        response, body = await fetch(transport, server.origin())
         assert body == encoded
         assert response.headers["content-encoding"] == "gzip"
         # ... while AsyncClient on top decodes it as usual.
         async with httpx.AsyncClient(transport=transport) as client:
-            decoded = await client.get(server.url)
+            decoded = await client.get(server.origin())
         assert decoded.content == payload
 
 
@@ -170,8 +170,8 @@ async def test_gzip_body_is_returned_still_encoded() -> None:
 
 
 async def test_request_bodies_content_length_and_chunked() -> None:
-    def echo(req: ReceivedRequest) -> bytes:
-        framing = b"chunked" if req.header(b"transfer-encoding") else b"length"
+    def echo(req: RequestRecord) -> bytes:
+        framing = b"chunked" if req.headers.get("transfer-encoding") else b"length"
         return ok(framing + b":" + req.body)
 
     async def parts() -> AsyncIterator[bytes]:
@@ -180,12 +180,12 @@ async def test_request_bodies_content_length_and_chunked() -> None:
         yield b"part2"
 
     async with raw_server(responder(echo)) as server, make_transport() as transport:
-        _, body = await fetch(transport, server.url, "POST", content=b"payload")
+        _, body = await fetch(transport, server.origin(), "POST", content=b"payload")
         assert body == b"length:payload"
-        _, body = await fetch(transport, server.url, "POST", content=parts())
+        _, body = await fetch(transport, server.origin(), "POST", content=parts())
         assert body == b"chunked:part1-part2"
         big = os.urandom(300_000)
-        _, body = await fetch(transport, server.url, "PUT", content=big)
+        _, body = await fetch(transport, server.origin(), "PUT", content=big)
         assert body == b"length:" + big
         assert server.connections == 1
 
@@ -196,14 +196,14 @@ async def test_request_bodies_content_length_and_chunked() -> None:
 async def test_keepalive_reuses_connections() -> None:
     async with raw_server(responder(ok())) as server, make_transport() as transport:
         for _ in range(20):
-            _, body = await fetch(transport, server.url)
+            _, body = await fetch(transport, server.origin())
             assert body == b"hello"
-        assert len(server.requests) == 20
+        assert len(server.log) == 20
         assert server.connections == 1
 
 
 async def test_pool_size_per_origin_is_bounded() -> None:
-    async def slow(peer: Peer) -> None:
+    async def slow(peer: Conn) -> None:
         while await peer.read_request():
             await trio.sleep(0.05)
             await peer.send(ok())
@@ -212,7 +212,7 @@ async def test_pool_size_per_origin_is_bounded() -> None:
     async with raw_server(slow) as server, transport:
         async with trio.open_nursery() as nursery:
             for _ in range(6):
-                nursery.start_soon(fetch, transport, server.url)
+                nursery.start_soon(fetch, transport, server.origin())
         assert server.connections == 6
         assert transport.idle_connections() == 2
         await server.wait_open_connections(2)
@@ -228,15 +228,15 @@ async def test_connection_closed_while_idle_is_detected_before_sending() -> None
     ):
         with trio.fail_after(5):
             for _ in range(5):
-                _, body = await fetch(transport, server.url)
+                _, body = await fetch(transport, server.origin())
                 assert body == b"hello"
                 assert transport.idle_connections() == 1
                 await server.wait_open_connections(0)  # the server closed it
         assert server.connections == 5
-        assert len(server.requests) == 5
+        assert len(server.log) == 5
 
 
-def reset(peer: Peer) -> None:
+def reset(peer: Conn) -> None:
     """Make closing the peer's connection send a TCP RST (SO_LINGER 0)."""
     stream = peer.stream
     assert isinstance(stream, trio.SocketStream)
@@ -248,7 +248,7 @@ async def test_request_read_then_connection_lost_is_not_resent(rst: bool) -> Non
     # The server reads the second request on a keep-alive connection, then drops the
     # connection: it may have acted on the request, so the transport does not send it
     # again (that is the caller's call, under its rate limit).
-    async def second_request_dropped(peer: Peer) -> None:
+    async def second_request_dropped(peer: Conn) -> None:
         await peer.read_request()
         await peer.send(ok())
         await peer.read_request()
@@ -257,53 +257,53 @@ async def test_request_read_then_connection_lost_is_not_resent(rst: bool) -> Non
 
     async with raw_server(second_request_dropped) as server, make_transport() as transport:
         with trio.fail_after(5):
-            await fetch(transport, server.url)
+            await fetch(transport, server.origin())
             assert transport.idle_connections() == 1
             with pytest.raises(httpx.ReadError) as info:
-                await fetch(transport, server.url + "/again")
+                await fetch(transport, server.origin() + "/again")
         assert info.value.request.url.path == "/again"
-        assert [r.target for r in server.requests] == [b"/", b"/again"]
+        assert [r.path for r in server.log] == ["/", "/again"]
         assert server.connections == 1
         assert transport.idle_connections() == 0
 
 
 async def test_stale_detection_drops_older_idle_connections() -> None:
-    async def slow_then_close(peer: Peer) -> None:
+    async def slow_then_close(peer: Conn) -> None:
         await responder(ok(), close_after=1)(peer)
 
     async with raw_server(slow_then_close) as server, make_transport() as transport:
         async with trio.open_nursery() as nursery:
             for _ in range(3):
-                nursery.start_soon(fetch, transport, server.url)
+                nursery.start_soon(fetch, transport, server.origin())
         assert transport.idle_connections() == 3
         await server.wait_open_connections(0)
         # One request: the newest idle connection is found closed, so the two other
         # (older) ones are discarded unchecked, and a fresh connection is used.
-        _, body = await fetch(transport, server.url)
+        _, body = await fetch(transport, server.origin())
         assert body == b"hello"
         assert server.connections == 4
         assert transport.idle_connections() == 1
 
 
 async def test_new_connection_is_not_retried() -> None:
-    async def hang_up(peer: Peer) -> None:
+    async def hang_up(peer: Conn) -> None:
         await peer.read_request()  # then close without answering
 
     async with raw_server(hang_up) as server, make_transport() as transport:
         with pytest.raises(httpx.RemoteProtocolError) as info:
-            await fetch(transport, server.url)
-        assert info.value.request.url == server.url
+            await fetch(transport, server.origin())
+        assert info.value.request.url == server.origin()
         assert server.connections == 1
 
 
 async def test_expired_idle_connections_are_not_reused() -> None:
     transport = make_transport(keepalive_expiry=0.05)
     async with raw_server(responder(ok())) as server, transport:
-        await fetch(transport, server.url)
-        await fetch(transport, server.url)
+        await fetch(transport, server.origin())
+        await fetch(transport, server.origin())
         assert server.connections == 1
         await trio.sleep(0.1)
-        await fetch(transport, server.url)
+        await fetch(transport, server.origin())
         assert server.connections == 2
         await server.wait_open_connections(1)  # the expired one was closed
 
@@ -311,8 +311,8 @@ async def test_expired_idle_connections_are_not_reused() -> None:
 async def test_connection_close_response_is_not_pooled() -> None:
     wire = ok(extra=b"Connection: close\r\n")
     async with raw_server(responder(wire)) as server, make_transport() as transport:
-        await fetch(transport, server.url)
-        await fetch(transport, server.url)
+        await fetch(transport, server.origin())
+        await fetch(transport, server.origin())
         assert transport.idle_connections() == 0
         assert server.connections == 2
 
@@ -324,24 +324,24 @@ async def test_oversized_headers_raise_remote_protocol_error() -> None:
     big = b"HTTP/1.1 200 OK\r\nX-Big: " + b"a" * 70_000 + b"\r\nContent-Length: 0\r\n\r\n"
     async with raw_server(responder(big)) as server, make_transport() as transport:
         with pytest.raises(httpx.RemoteProtocolError):
-            await fetch(transport, server.url)
+            await fetch(transport, server.origin())
     # A complete head that arrives in one read is checked too.
     small_limit = make_transport(max_header_bytes=1024)
     head = b"HTTP/1.1 200 OK\r\nX-Big: " + b"b" * 2000 + b"\r\nContent-Length: 0\r\n\r\n"
     async with raw_server(responder(head)) as server, small_limit:
         with pytest.raises(httpx.RemoteProtocolError, match="head"):
-            await fetch(small_limit, server.url)
+            await fetch(small_limit, server.origin())
 
 
 async def test_too_many_headers_raise_remote_protocol_error() -> None:
     many = b"".join(b"X-H%d: v\r\n" % i for i in range(201))
     async with raw_server(responder(ok(extra=many))) as server, make_transport() as transport:
         with pytest.raises(httpx.RemoteProtocolError, match="header fields"):
-            await fetch(transport, server.url)
+            await fetch(transport, server.origin())
     limited = make_transport(max_headers=5)
     few = b"".join(b"X-H%d: v\r\n" % i for i in range(4))
     async with raw_server(responder(ok(extra=few))) as server, limited:
-        _, body = await fetch(limited, server.url)  # 5 fields: allowed
+        _, body = await fetch(limited, server.origin())  # 5 fields: allowed
         assert body == b"hello"
 
 
@@ -351,7 +351,7 @@ async def test_malformed_status_line_is_remote_protocol_error() -> None:
         make_transport() as transport,
     ):
         with pytest.raises(httpx.RemoteProtocolError):
-            await fetch(transport, server.url)
+            await fetch(transport, server.origin())
 
 
 @pytest.mark.parametrize("chunked", [False, True])
@@ -361,12 +361,12 @@ async def test_truncated_body_raises_read_error(chunked: bool) -> None:
     else:
         wire = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b"
 
-    async def truncate(peer: Peer) -> None:
+    async def truncate(peer: Conn) -> None:
         await peer.read_request()
         await peer.send(wire)
 
     async with raw_server(truncate) as server, make_transport() as transport:
-        response = await transport.handle_async_request(httpx.Request("GET", server.url))
+        response = await transport.handle_async_request(httpx.Request("GET", server.origin()))
         received = b""
         with pytest.raises(httpx.ReadError):
             async for chunk in response.aiter_raw():
@@ -376,26 +376,26 @@ async def test_truncated_body_raises_read_error(chunked: bool) -> None:
 
 
 async def test_silent_server_raises_read_timeout() -> None:
-    async def silent(peer: Peer) -> None:
+    async def silent(peer: Conn) -> None:
         await peer.wait_eof()
 
     transport = TrioTransport(connect_timeout=1.0, read_timeout=0.2)
     async with raw_server(silent) as server, transport:
         with trio.fail_after(2):
             with pytest.raises(httpx.ReadTimeout):
-                await fetch(transport, server.url)
+                await fetch(transport, server.origin())
         await server.wait_open_connections(0)
 
 
 async def test_stalled_body_raises_read_timeout() -> None:
-    async def stall(peer: Peer) -> None:
+    async def stall(peer: Conn) -> None:
         await peer.read_request()
         await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
         await peer.wait_eof()
 
     transport = TrioTransport(connect_timeout=1.0, read_timeout=0.2)
     async with raw_server(stall) as server, transport:
-        response = await transport.handle_async_request(httpx.Request("GET", server.url))
+        response = await transport.handle_async_request(httpx.Request("GET", server.origin()))
         with pytest.raises(httpx.ReadTimeout):
             await response.aread()
         await response.aclose()
@@ -403,7 +403,7 @@ async def test_stalled_body_raises_read_timeout() -> None:
 
 
 async def test_unread_request_body_raises_write_timeout() -> None:
-    async def never_reads(peer: Peer) -> None:
+    async def never_reads(peer: Conn) -> None:
         await trio.sleep_forever()
 
     async def endless() -> AsyncGenerator[bytes, None]:
@@ -414,7 +414,7 @@ async def test_unread_request_body_raises_write_timeout() -> None:
     transport = TrioTransport(connect_timeout=1.0, read_timeout=0.2)
     async with raw_server(never_reads) as server, transport, aclosing(endless()) as body:
         with trio.fail_after(5), pytest.raises(httpx.WriteTimeout):
-            await fetch(transport, server.url, "POST", content=body)
+            await fetch(transport, server.origin(), "POST", content=body)
 
 
 async def test_connection_refused_is_connect_error() -> None:
@@ -486,7 +486,7 @@ async def test_connect_hook_is_used() -> None:
             _, body = await fetch(transport, "http://www.example.com/x")
     assert body == b"via hook"
     assert seen == [("www.example.com", 80)]
-    assert server.requests[0].header(b"host") == b"www.example.com"
+    assert server.log[0].headers["host"] == "www.example.com"
 
 
 async def test_unsupported_scheme() -> None:
@@ -497,7 +497,7 @@ async def test_unsupported_scheme() -> None:
 
 async def test_invalid_request_header_is_local_protocol_error() -> None:
     async with raw_server(responder(ok())) as server, make_transport() as transport:
-        request = httpx.Request("GET", server.url, headers={"X-Bad": "a\x00b"})
+        request = httpx.Request("GET", server.origin(), headers={"X-Bad": "a\x00b"})
         with pytest.raises(httpx.LocalProtocolError):
             await transport.handle_async_request(request)
         assert server.connections == 0
@@ -565,21 +565,21 @@ async def test_tls_connection_closed_while_idle_is_not_reused(ca: trustme.CA) ->
                 assert body == b"hello"
                 await server.wait_open_connections(0)
         assert server.connections == 3
-        assert len(server.requests) == 3
+        assert len(server.log) == 3
 
 
 # ---------------------------------------------------------------- closing, cancellation, leaks
 
 
 async def test_aclose_mid_body_closes_the_connection() -> None:
-    async def big(peer: Peer) -> None:
+    async def big(peer: Conn) -> None:
         await peer.read_request()
         await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 1000)
         await peer.wait_eof()
-        peer.server.client_closed.set()
+        peer.web.client_closed.set()
 
     async with raw_server(big) as server, make_transport() as transport:
-        response = await transport.handle_async_request(httpx.Request("GET", server.url))
+        response = await transport.handle_async_request(httpx.Request("GET", server.origin()))
         async with aclosing(cast(AsyncGenerator[bytes, None], response.aiter_raw())) as chunks:
             async for chunk in chunks:
                 assert chunk
@@ -591,14 +591,14 @@ async def test_aclose_mid_body_closes_the_connection() -> None:
 
 
 async def test_cancellation_mid_request_leaves_no_socket() -> None:
-    async def silent(peer: Peer) -> None:
+    async def silent(peer: Conn) -> None:
         await peer.wait_eof()
-        peer.server.client_closed.set()
+        peer.web.client_closed.set()
 
     before = open_fds()
     async with raw_server(silent) as server, make_transport() as transport:
         with trio.move_on_after(0.1) as scope:
-            await fetch(transport, server.url)
+            await fetch(transport, server.origin())
         assert scope.cancelled_caught
         with trio.fail_after(1):
             await server.client_closed.wait()
@@ -607,14 +607,14 @@ async def test_cancellation_mid_request_leaves_no_socket() -> None:
 
 
 async def test_cancellation_mid_body_closes_the_connection() -> None:
-    async def trickle(peer: Peer) -> None:
+    async def trickle(peer: Conn) -> None:
         await peer.read_request()
         await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nabc")
         await peer.wait_eof()
-        peer.server.client_closed.set()
+        peer.web.client_closed.set()
 
     async with raw_server(trickle) as server, make_transport() as transport:
-        response = await transport.handle_async_request(httpx.Request("GET", server.url))
+        response = await transport.handle_async_request(httpx.Request("GET", server.origin()))
         with trio.move_on_after(0.1):
             await response.aread()
         with trio.fail_after(1):
@@ -623,20 +623,20 @@ async def test_cancellation_mid_body_closes_the_connection() -> None:
 
 
 async def test_no_file_descriptor_leaks_across_error_cases(ca: trustme.CA) -> None:
-    async def misbehave(peer: Peer) -> None:
+    async def misbehave(peer: Conn) -> None:
         req = await peer.read_request()
         if req is None:
             return
-        path = req.target
-        if path == b"/truncated":
+        path = req.path
+        if path == "/truncated":
             await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 50\r\n\r\nshort")
-        elif path == b"/garbage":
+        elif path == "/garbage":
             await peer.send(b"NOT HTTP AT ALL\r\n\r\n")
-        elif path == b"/silent":
+        elif path == "/silent":
             await peer.wait_eof()
-        elif path == b"/hangup":
+        elif path == "/hangup":
             return
-        elif path == b"/huge-head":
+        elif path == "/huge-head":
             await peer.send(b"HTTP/1.1 200 OK\r\nX: " + b"h" * 100_000 + b"\r\n\r\n")
         else:
             await peer.send(ok())
@@ -651,56 +651,56 @@ async def test_no_file_descriptor_leaks_across_error_cases(ca: trustme.CA) -> No
                 for _ in range(3):
                     for path in ("/truncated", "/garbage", "/silent", "/hangup", "/huge-head"):
                         with pytest.raises(httpx.TransportError):
-                            await fetch(transport, server.url + path)
+                            await fetch(transport, server.origin() + path)
                     with pytest.raises(httpx.ConnectError):
                         await fetch(transport, f"http://127.0.0.1:{free_port()}/")
                     with pytest.raises(httpx.ConnectError):
                         await fetch(transport, f"https://127.0.0.1:{tls_server.port}/")
                     with trio.move_on_after(0.05):
-                        await fetch(transport, server.url + "/silent")
-                    _, body = await fetch(transport, server.url + "/ok")
+                        await fetch(transport, server.origin() + "/silent")
+                    _, body = await fetch(transport, server.origin() + "/ok")
                     assert body == b"hello"
                 assert transport.idle_connections() == 1
     assert open_fds() == before
 
 
 async def test_closed_transport_closes_pool_and_refuses_requests() -> None:
-    async def keep(peer: Peer) -> None:
+    async def keep(peer: Conn) -> None:
         await responder(ok())(peer)
-        peer.server.client_closed.set()
+        peer.web.client_closed.set()
 
     async with raw_server(keep) as server:
         transport = make_transport()
-        await fetch(transport, server.url)
+        await fetch(transport, server.origin())
         assert transport.idle_connections() == 1
         await transport.aclose()
         assert transport.idle_connections() == 0
         with trio.fail_after(1):
             await server.client_closed.wait()
         with pytest.raises(RuntimeError):
-            await fetch(transport, server.url)
+            await fetch(transport, server.origin())
 
 
 # ---------------------------------------------------------------- AsyncClient
 
 
 async def test_works_under_httpx_async_client() -> None:
-    def respond(req: ReceivedRequest) -> bytes:
-        if req.target == b"/redirect":
+    def respond(req: RequestRecord) -> bytes:
+        if req.path == "/redirect":
             return b"HTTP/1.1 302 Found\r\nLocation: /final\r\nContent-Length: 0\r\n\r\n"
-        return ok(b"%s %s %s" % (req.method, req.target, req.body))
+        return ok(f"{req.method} {req.path} ".encode() + req.body)
 
     async with (
         raw_server(responder(respond)) as server,
         httpx.AsyncClient(transport=make_transport(), follow_redirects=True) as client,
     ):
-        response = await client.get(server.url + "/redirect")
+        response = await client.get(server.origin() + "/redirect")
         assert response.text == "GET /final "
         assert response.http_version == "HTTP/1.1"
         assert response.reason_phrase == "OK"
-        response = await client.post(server.url + "/form", data={"a": "1"})
+        response = await client.post(server.origin() + "/form", data={"a": "1"})
         assert response.text == "POST /form a=1"
-        async with client.stream("GET", server.url + "/s") as streamed:
+        async with client.stream("GET", server.origin() + "/s") as streamed:
             assert await streamed.aread() == b"GET /s "
         assert server.connections == 1
 

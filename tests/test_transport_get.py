@@ -16,7 +16,7 @@ import trio
 import trustme
 
 from crawler._transport import Reply, TrioTransport
-from tests._rawserver import Peer, ReceivedRequest, raw_server, responder
+from tests.web.core import Conn, RequestRecord, raw_server, responder
 
 HEADERS = ((b"User-Agent", b"test-agent"), (b"Accept", b"text/html"))
 
@@ -51,11 +51,11 @@ async def test_get_sends_a_cached_head_and_reuses_the_connection() -> None:
             host = f"127.0.0.1:{server.port}".encode()
             assert reply.request_headers == [(b"Host", host), *HEADERS]
         assert server.connections == 1
-        assert [r.target for r in server.requests] == [b"/p/0?q=1", b"/p/1?q=1", b"/p/2?q=1"]
-        for request in server.requests:
-            assert request.method == b"GET"
-            assert request.header(b"user-agent") == b"test-agent"
-            assert request.header(b"host") == f"127.0.0.1:{server.port}".encode()
+        assert [r.path for r in server.log] == ["/p/0?q=1", "/p/1?q=1", "/p/2?q=1"]
+        for request in server.log:
+            assert request.method == "GET"
+            assert request.headers["user-agent"] == "test-agent"
+            assert request.headers["host"] == f"127.0.0.1:{server.port}"
 
 
 @pytest.mark.parametrize(
@@ -88,7 +88,7 @@ async def test_get_retries_a_stale_pooled_connection_once() -> None:
 
 
 async def test_get_deadline_bounds_a_dripping_response() -> None:
-    async def drip(peer: Peer) -> None:
+    async def drip(peer: Conn) -> None:
         await peer.read_request()
         await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n")
         while True:  # never silent for read_timeout, never done
@@ -104,7 +104,7 @@ async def test_get_deadline_bounds_a_dripping_response() -> None:
 
 
 async def test_get_deadline_bounds_a_silent_head() -> None:
-    async def silent(peer: Peer) -> None:
+    async def silent(peer: Conn) -> None:
         await peer.read_request()
         await trio.sleep_forever()
 
@@ -150,11 +150,9 @@ async def test_get_over_tls() -> None:
 
 
 async def test_get_leaks_no_file_descriptors() -> None:
-    def reset_or_ok(request: ReceivedRequest) -> bytes:
+    def reset_or_ok(request: RequestRecord) -> bytes:
         return (
-            ok()
-            if request.target == b"/ok"
-            else b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"
+            ok() if request.path == "/ok" else b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nshort"
         )
 
     before = open_fds()

@@ -28,8 +28,8 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from crawler._transport import TrioTransport, _Malformed, _Response
-from tests._rawserver import Peer, ReceivedRequest, raw_server, responder
 from tests.test_transport import fetch, make_transport, ok
+from tests.web.core import Conn, RequestRecord, raw_server, responder
 
 HELLO = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
 
@@ -48,7 +48,7 @@ HELLO = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n"
 )
 async def test_lenient_where_h11_was(wire: bytes, header: bytes) -> None:
     async with raw_server(responder(wire)) as server, make_transport() as transport:
-        response, body = await fetch(transport, server.url)
+        response, body = await fetch(transport, server.origin())
     assert (response.status_code, body) == (200, b"hello")
     assert response.headers.get_list("x-a") == [header.decode("latin-1")]
 
@@ -98,10 +98,10 @@ async def test_lenient_where_h11_was(wire: bytes, header: bytes) -> None:
 async def test_malformed_responses_are_protocol_errors(wire: bytes) -> None:
     async with raw_server(responder(wire)) as server, make_transport() as transport:
         with trio.fail_after(5), pytest.raises(httpx.RemoteProtocolError):
-            await fetch(transport, server.url)
+            await fetch(transport, server.origin())
         assert transport.idle_connections() == 0
         with trio.fail_after(5), pytest.raises(httpx.RemoteProtocolError):
-            await transport.get(server.url, "/")
+            await transport.get(server.origin(), "/")
         assert transport.idle_connections() == 0
 
 
@@ -112,10 +112,10 @@ async def test_malformed_responses_are_protocol_errors(wire: bytes) -> None:
 )
 async def test_bytes_after_a_response_spoil_the_connection(after: bytes) -> None:
     async with raw_server(responder(ok() + after)) as server, make_transport() as transport:
-        _, body = await fetch(transport, server.url)
+        _, body = await fetch(transport, server.origin())
         assert body == b"hello"
         assert transport.idle_connections() == 0
-        reply = await transport.get(server.url, "/")
+        reply = await transport.get(server.origin(), "/")
         assert b"".join([chunk async for chunk in reply.stream]) == b"hello"
         assert transport.idle_connections() == 0
         assert server.connections == 2
@@ -124,7 +124,7 @@ async def test_bytes_after_a_response_spoil_the_connection(after: bytes) -> None
 async def test_bytes_after_connection_close_response_are_ignored() -> None:
     wire = ok(extra=b"Connection: close\r\n") + b"junk"
     async with raw_server(responder(wire)) as server, make_transport() as transport:
-        _, body = await fetch(transport, server.url)
+        _, body = await fetch(transport, server.origin())
     assert body == b"hello"
 
 
@@ -132,7 +132,7 @@ async def test_stray_crlf_after_a_response_is_ignored() -> None:
     # llhttp skips empty lines before a status line (h11 kept them, and closed).
     async with raw_server(responder(ok() + b"\r\n")) as server, make_transport() as transport:
         for _ in range(3):
-            _, body = await fetch(transport, server.url)
+            _, body = await fetch(transport, server.origin())
             assert body == b"hello"
         assert server.connections == 1
 
@@ -141,7 +141,7 @@ async def test_http10_keep_alive_response_is_reused() -> None:
     wire = b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 5\r\n\r\nhello"
     async with raw_server(responder(wire)) as server, make_transport() as transport:
         for _ in range(3):
-            response, body = await fetch(transport, server.url)
+            response, body = await fetch(transport, server.origin())
             assert body == b"hello"
             assert response.extensions["http_version"] == b"HTTP/1.0"
         assert server.connections == 1
@@ -151,7 +151,7 @@ async def test_http10_response_without_keep_alive_is_not_reused() -> None:
     wire = b"HTTP/1.0 200 OK\r\nContent-Length: 5\r\n\r\nhello"
     async with raw_server(responder(wire)) as server, make_transport() as transport:
         for _ in range(2):
-            _, body = await fetch(transport, server.url)
+            _, body = await fetch(transport, server.origin())
             assert body == b"hello"
         assert transport.idle_connections() == 0
         assert server.connections == 2
@@ -159,10 +159,10 @@ async def test_http10_response_without_keep_alive_is_not_reused() -> None:
 
 async def test_request_saying_connection_close_is_not_pooled() -> None:
     async with raw_server(responder(ok())) as server, make_transport() as transport:
-        _, body = await fetch(transport, server.url, headers={"Connection": "close"})
+        _, body = await fetch(transport, server.origin(), headers={"Connection": "close"})
         assert body == b"hello"
         assert transport.idle_connections() == 0
-        reply = await transport.get(server.url, "/", ((b"Connection", b"Close"),))
+        reply = await transport.get(server.origin(), "/", ((b"Connection", b"Close"),))
         assert b"".join([chunk async for chunk in reply.stream]) == b"hello"
         assert transport.idle_connections() == 0
         assert server.connections == 2
@@ -173,7 +173,7 @@ async def test_head_response_with_a_body_is_read_as_head_only() -> None:
     # as the next response; the connection is closed instead.
     wire = b"HTTP/1.1 100 Continue\r\n\r\n" + HELLO + b"\r\nhello"
     async with raw_server(responder(wire)) as server, make_transport() as transport:
-        response, body = await fetch(transport, server.url, "HEAD")
+        response, body = await fetch(transport, server.origin(), "HEAD")
         assert (response.status_code, body) == (200, b"")
         assert transport.idle_connections() == 0
 
@@ -182,16 +182,16 @@ async def test_too_many_informational_responses() -> None:
     wire = b"HTTP/1.1 103 Early Hints\r\n\r\n" * 33 + ok()
     async with raw_server(responder(wire)) as server, make_transport() as transport:
         with pytest.raises(httpx.RemoteProtocolError, match="1xx"):
-            await fetch(transport, server.url)
+            await fetch(transport, server.origin())
     wire = b"HTTP/1.1 103 Early Hints\r\n\r\n" * 32 + ok()
     async with raw_server(responder(wire)) as server, make_transport() as transport:
-        _, body = await fetch(transport, server.url)
+        _, body = await fetch(transport, server.origin())
         assert body == b"hello"
 
 
 @pytest.mark.parametrize("body", [b"", b"x" * 200_000])
 async def test_close_delimited_body_ends_at_eof(body: bytes) -> None:
-    async def handler(peer: Peer) -> None:
+    async def handler(peer: Conn) -> None:
         await peer.read_request()
         await peer.send(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")
         for offset in range(0, len(body), 50_000):
@@ -200,9 +200,9 @@ async def test_close_delimited_body_ends_at_eof(body: bytes) -> None:
 
     async with raw_server(handler) as server, make_transport() as transport:
         with trio.fail_after(5):
-            _, received = await fetch(transport, server.url)
+            _, received = await fetch(transport, server.origin())
             assert received == body
-            reply = await transport.get(server.url, "/")
+            reply = await transport.get(server.origin(), "/")
             assert b"".join([chunk async for chunk in reply.stream]) == body
         assert transport.idle_connections() == 0
 
@@ -215,11 +215,11 @@ async def test_trailers_are_bounded_like_a_head() -> None:
     )
     async with raw_server(responder(wire)) as server, make_transport() as transport:
         with trio.fail_after(5), pytest.raises(httpx.RemoteProtocolError, match="trailers"):
-            await fetch(transport, server.url)
+            await fetch(transport, server.origin())
     limited = make_transport(max_header_bytes=400_000)
     async with raw_server(responder(wire)) as server, limited:
         with trio.fail_after(5):
-            _, body = await fetch(limited, server.url)
+            _, body = await fetch(limited, server.origin())
         assert body == b"hello"
         assert limited.idle_connections() == 1
 
@@ -230,7 +230,7 @@ async def test_response_dripped_a_byte_at_a_time() -> None:
         b"\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-T: 1\r\n\r\n"
     )
 
-    async def drip(peer: Peer) -> None:
+    async def drip(peer: Conn) -> None:
         while await peer.read_request():
             for i in range(len(wire)):
                 await peer.send(wire[i : i + 1])
@@ -239,7 +239,7 @@ async def test_response_dripped_a_byte_at_a_time() -> None:
     async with raw_server(drip) as server, make_transport() as transport:
         with trio.fail_after(10):
             for _ in range(2):
-                reply = await transport.get(server.url, "/")
+                reply = await transport.get(server.origin(), "/")
                 assert b"".join([chunk async for chunk in reply.stream]) == b"hello world"
                 assert (reply.status, reply.reason) == (203, b"Quite Fine")
                 assert reply.headers == [
@@ -267,21 +267,22 @@ def test_parser_error_names_the_fault() -> None:
 
 
 async def test_get_and_handle_async_request_send_the_same_head() -> None:
-    seen: list[ReceivedRequest] = []
+    seen: list[RequestRecord] = []
 
-    def record(request: ReceivedRequest) -> bytes:
+    def record(request: RequestRecord) -> bytes:
         seen.append(request)
         return ok()
 
     headers = ((b"User-Agent", b"ua"), (b"Accept", b"*/*"))
     async with raw_server(responder(record)) as server, TrioTransport() as transport:
-        reply = await transport.get(server.url, "/x?y=1", headers)
+        reply = await transport.get(server.origin(), "/x?y=1", headers)
         await reply.stream.aclose()
-        await fetch(transport, server.url + "/x?y=1", headers=list(headers))
+        await fetch(transport, server.origin() + "/x?y=1", headers=list(headers))
     get, via_httpx = seen
-    assert (get.method, get.target) == (via_httpx.method, via_httpx.target) == (b"GET", b"/x?y=1")
-    assert get.headers[0] == via_httpx.headers[0] == (b"Host", f"127.0.0.1:{server.port}".encode())
-    assert get.headers[1:] == [(b"User-Agent", b"ua"), (b"Accept", b"*/*")]
+    assert (get.method, get.path) == (via_httpx.method, via_httpx.path) == ("GET", "/x?y=1")
+    host = (b"Host", f"127.0.0.1:{server.port}".encode())
+    assert get.raw_headers[0] == via_httpx.raw_headers[0] == host
+    assert get.raw_headers[1:] == [(b"User-Agent", b"ua"), (b"Accept", b"*/*")]
 
 
 PIECES = [

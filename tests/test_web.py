@@ -1,4 +1,4 @@
-"""Tests of the loopback test server itself (tests/siteserver.py)."""
+"""Tests of the test web itself (tests/web/)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import sys
 import time
 import zlib
 from collections import deque
+from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urldefrag, urljoin, urlsplit
 
@@ -20,16 +21,26 @@ import httpx
 import pytest
 import trio
 
-from tests.siteserver import (
-    HOSTILE_ROUTES,
+from tests.web.core import (
     RequestRecord,
-    SiteServer,
-    bomb_body,
+    Web,
     load_log,
     max_concurrency,
     max_in_window,
-    open_site_server,
     start_gaps,
+)
+from tests.web.faults import Fault, FaultyGraph
+from tests.web.routes import (
+    HOSTILE_ROUTES,
+    Hostile,
+    LinkGraph,
+    MockSite,
+    Robots,
+    SiteServer,
+    Static,
+    bomb_body,
+    html,
+    open_site_server,
 )
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -426,6 +437,144 @@ async def test_garbage_and_disconnects_do_not_crash(site_server: SiteServer) -> 
     assert all(r.end < math.inf for r in server.log)
 
 
+# ---- one site, served in process or over loopback ----------------------------------------
+
+
+async def test_the_same_routes_in_process_and_over_loopback() -> None:
+    def site(origins: Sequence[str] = ()) -> Web:
+        robots = Robots({0: "User-agent: *\nDisallow: /disallowed/\n"})
+        return Web(LinkGraph(pages=20, gzip=True), robots, Hostile(20), origins=origins)
+
+    paths = ["/", "/page/3", "/page/20", "/robots.txt", "/hostile/", "/redirect-chain/2"]
+    paths += ["/loop/a", "/redirect-out", "/badutf8", "/latin1", "/file.pdf", "/trap/x/2"]
+    paths += ["/flaky", "/flaky", "/flaky", "/retry-after?s=7", "/nowhere"]
+    async with site().serving(ports=2) as served:
+        mock = site(served.origins)
+        async with (
+            httpx.AsyncClient() as real,
+            httpx.AsyncClient(transport=mock.transport()) as fake,
+        ):
+            for index in (0, 1):
+                for path in paths:
+                    got = [await c.get(served.url(index, path)) for c in (real, fake)]
+                    a, b = [(r.status_code, r.headers.get("content-type"), r.content) for r in got]
+                    assert a == b, path
+                    for name in ("location", "retry-after", "content-encoding", "vary"):
+                        assert got[0].headers.get(name) == got[1].headers.get(name), path
+            with pytest.raises(httpx.ReadError):  # a reset, in process
+                await fake.get(served.url(0, "/reset"))
+    assert [r.url for r in mock.log] == [r.url for r in served.log] + [served.url(0, "/reset")]
+    assert mock.hits("/flaky", 1) == served.hits("/flaky", 1) == 3
+    assert served.unknown_paths == mock.unknown_paths == ["/page/20", "/nowhere"] * 2
+    assert served.errors == [] and mock.in_flight == 0
+
+
+async def test_pages_by_url_over_loopback() -> None:
+    site = MockSite()
+    async with site.serving() as web, httpx.AsyncClient() as client:
+        site.pages[web.url(0, "/")] = html("home", ["/moved"])
+        site.pages[web.url(0, "/moved")] = httpx.Response(301, headers={"Location": "/"})
+        home = await client.get(web.url(0, "/"))
+        moved = await client.get(web.url(0, "/moved"))
+        missing = await client.get(web.url(0, "/missing"))
+        post = await client.post(web.url(0, "/"))
+    assert home.status_code == 200 and "<title>home</title>" in home.text
+    assert (moved.status_code, moved.headers["location"]) == (301, "/")
+    assert missing.status_code == 404 and post.status_code == 405
+    assert site.urls() == [web.url(0, p) for p in ("/", "/moved", "/missing", "/")]
+    assert len({r.conn_id for r in site.log}) == 1  # all on one kept-alive connection
+
+
+async def test_static_files(tmp_path: Path) -> None:
+    (tmp_path / "site" / "p").mkdir(parents=True)
+    (tmp_path / "site" / "index.html").write_text("<title>index</title>")
+    (tmp_path / "site" / "p" / "1.html").write_text("<title>one</title>")
+    (tmp_path / "secret.txt").write_text("outside the root")
+    web = Web(Static(tmp_path / "site"), log=False)
+    async with web.serving() as web, httpx.AsyncClient() as client:
+        index = await client.get(web.url(0, "/"))
+        page = await client.get(web.url(0, "/p/1.html?x=1"))
+        head = await client.head(web.url(0, "/p/1.html"))
+        stream = await _raw_request(web.port, "/../secret.txt", method="GET")
+        async with stream:
+            outside = await stream.receive_some(1024)
+        missing = await client.get(web.url(0, "/p/2.html"))
+    assert (index.status_code, index.text) == (200, "<title>index</title>")
+    assert page.headers["content-type"] == "text/html; charset=utf-8"
+    assert head.content == b"" and head.headers["content-length"] == str(len(page.content))
+    assert outside.startswith(b"HTTP/1.1 404 ") and missing.status_code == 404
+    assert web.log == [] and web.errors == []
+
+
+async def test_faulty_graph_faults_budgets_and_history() -> None:
+    profile = {Fault.HTTP_503_RETRY_AFTER_1: 0.999}
+    faults = FaultyGraph(pages=10, seed=3, profile=profile, max_faults=1, permanent_500=0.2)
+    async with Web(faults, log=False).serving(2) as web, httpx.AsyncClient() as client:
+        for url in sorted(faults.all_urls()):
+            first, second = [await client.get(url) for _ in range(2)]
+            node = faults.node_of(url)
+            assert node is not None and faults.url(node) == url
+            if faults.permanent(node) is Fault.PERMANENT_500:
+                assert (first.status_code, second.status_code) == (500, 500)
+                assert faults.history[node] == [Fault.PERMANENT_500] * 2
+            else:
+                assert (first.status_code, first.headers["retry-after"]) == (503, "1")
+                assert second.status_code == 200 and len(second.content) == 4096
+                assert faults.history[node] == [Fault.HTTP_503_RETRY_AFTER_1, Fault.NONE]
+            assert faults.attempts(node) == 2
+    permanent = [n for n in faults.history if faults.permanent(n)]
+    assert 0 < len(permanent) < len(faults.history) == 2 * 11
+    assert faults.budget_spent == len(faults.history) - len(permanent)
+    assert faults.node_of(web.url(0, "/page/10")) is None
+    assert faults.seeds() == [web.url(0), web.url(1)]
+    assert web.peak == web.peak_naive and set(web.peak.values()) == {1} and web.errors == []
+
+
+async def test_framing_follows_the_client(site_server: SiteServer) -> None:
+    port = site_server.ports[0]
+
+    async def exchange(request: bytes, until: bytes | None = None) -> tuple[bytes, bytes]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        async with stream:
+            await stream.send_all(request)
+            with trio.fail_after(5):
+                if until is None:
+                    data = await _read_until_closed(stream)  # the server closes
+                else:
+                    data = b""
+                    while until not in data:
+                        data += await stream.receive_some(1024)
+        head, _, body = data.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        return head, body
+
+    def length(head: bytes) -> int:
+        return int(head.lower().split(b"content-length: ")[1].split(b"\r")[0])
+
+    for request in (
+        b"GET /page/1 HTTP/1.0\r\n\r\n",
+        b"GET /page/1 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    ):
+        head, body = await exchange(request)
+        assert b"\r\nConnection: close" in head and len(body) == length(head)
+    # Two requests in one packet: a head without a body, then the second answer.
+    head, rest = await exchange(
+        b"HEAD /page/1 HTTP/1.1\r\nHost: x\r\n\r\n"
+        b"GET /page/2 HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    second_head, _, second_body = rest.partition(b"\r\n\r\n")
+    assert length(head) > 2000 and b"Connection" not in head and not rest.startswith(b"<")
+    assert second_head.startswith(b"HTTP/1.1 200 OK\r\n") and b"Connection: close" in second_head
+    assert b"<title>Page 2</title>" in second_body and len(second_body) == length(second_head)
+    # No Content-Length: chunked for HTTP/1.1 (test_slow_routes), close-delimited for 1.0.
+    head, body = await exchange(b"GET /drip?s=0.01 HTTP/1.0\r\n\r\n", until=b"<p>drip")
+    assert b"transfer-encoding" not in head.lower() and b"Connection: close" in head
+    assert body.startswith(b"<!DOCTYPE html>")
+    with trio.fail_after(5):
+        await site_server.wait_quiet()
+    assert site_server.errors == []
+
+
 # ---- subprocess mode ------------------------------------------------------------------------
 
 
@@ -437,7 +586,7 @@ async def test_subprocess_mode(tmp_path: Path) -> None:
     command = [
         sys.executable,
         "-m",
-        "tests.siteserver",
+        "tests.web",
         "--ports",
         "3",
         "--pages",
@@ -459,7 +608,7 @@ async def test_subprocess_mode(tmp_path: Path) -> None:
         with trio.fail_after(15):
             while not line.endswith(b"\n"):
                 chunk = await process.stdout.receive_some(1024)
-                assert chunk, "siteserver exited before printing its ports"
+                assert chunk, "the test web exited before printing its ports"
                 line += chunk
         ports = json.loads(line)["ports"]
         assert len(ports) == 3
