@@ -63,18 +63,20 @@ class MemoryBackend:
         pass
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        try:
-            async with trio.open_nursery() as dispatch:
-                self._dispatch = dispatch
+        async with trio.open_nursery() as dispatch:
+            self._dispatch = dispatch
+            try:
                 for seed in self.config.seeds:
                     self._add(seed, 0)
                 self._started()
                 self._check_finished()
                 task_status.started()
                 await self.finished.wait()
-                dispatch.cancel_scope.cancel()
-        finally:
-            self._dispatch = None
+            finally:
+                # Before the nursery waits for its children: once they are done it is
+                # closed, and a commit or a worker may call in before this task resumes.
+                self._dispatch = None
+            dispatch.cancel_scope.cancel()
 
     def _started(self) -> None:
         """The seeds are in: a durable frontier starts loading its queues."""

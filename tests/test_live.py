@@ -10,7 +10,7 @@ import trio
 
 import crawler
 from tests.crawlmodes import Live
-from tests.siteserver import SiteServer, open_site_server
+from tests.web.routes import SiteServer, open_site_server
 
 DEADLINE = 60
 SETTLE = 0.3

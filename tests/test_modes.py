@@ -11,7 +11,7 @@ import trio
 
 import crawler
 from tests.crawlmodes import Crawl
-from tests.siteserver import SiteServer, open_site_server
+from tests.web.routes import SiteServer, open_site_server
 
 DEADLINE = 60
 EPS = 0.02  # the server shares our event loop: its timestamps include scheduling delay
