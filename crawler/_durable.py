@@ -23,7 +23,6 @@ from ._frontier import Host, Request
 from ._memory import MemoryBackend
 from ._page import Page
 from ._robots import RobotsStatus, robots_from_response
-from ._shield import bounded_shield
 from ._state import Batch, CommitResult, Done, HostState, NewUrl, QueuedRow, Snapshot, StateStore
 from ._urls import origin_of
 
@@ -345,9 +344,9 @@ class DurableBackend(MemoryBackend):
                 await self._commit()
         finally:
             if not self._state_failed:
-                # Bounded: a hung disk must not keep a cancelled crawl alive.
-                with bounded_shield():
-                    await self._commit()
+                # Cancelled: the commit runs and is waited for, bounded (a hung disk must
+                # not keep a cancelled crawl alive; see StateStore.commit).
+                await self._commit()
 
     async def _commit(self) -> None:
         batch = self._take_batch()

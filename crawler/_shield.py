@@ -8,12 +8,15 @@ is abandoned when it passes (the thread runs on; its result is thrown away).
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
 
+import outcome
 import trio
 from trio.lowlevel import RunVar
 
@@ -24,6 +27,7 @@ __all__ = [
     "hurry",
     "run_abandonable",
     "run_bounded",
+    "run_committed",
     "threads_running",
 ]
 
@@ -134,6 +138,55 @@ async def run_abandonable(
     """`fn(*args)` in a worker thread, given up on at once when cancelled (for a close
     inside a bounded shield: its deadline is the bound)."""
     return await run_bounded(fn, *args, limiter=limiter, limit=0)
+
+
+async def run_committed(
+    fn: Callable[..., T],
+    *args: object,
+    limiter: trio.CapacityLimiter | None = None,
+    limit: float | None = None,
+) -> T:
+    """`fn(*args)` in a worker thread that starts whether or not the caller is cancelled
+    meanwhile: a commit point, whose work a cancellation just before it starts must not
+    lose. Waited for however long it takes (a big commit is no hung disk); once the
+    caller is cancelled, for at most `limit` more seconds (default SHIELD_LIMIT; less
+    after `hurry`), then `Abandoned` is raised and the thread runs on, its result thrown
+    away. An abandoned thread keeps its limiter token until it ends."""
+    global _running
+    borrower = object()
+    if limiter is not None:
+        with bounded_shield(limit):
+            await limiter.acquire_on_behalf_of(borrower)
+        if borrower not in limiter.statistics().borrowers:
+            raise Abandoned  # the bound passed while another call held the limiter
+    token = trio.lowlevel.current_trio_token()
+    ended = trio.Event()
+    result: list[outcome.Outcome[T]] = []
+
+    def finish() -> None:
+        ended.set()
+        if limiter is not None:
+            limiter.release_on_behalf_of(borrower)
+
+    def deliver(value: outcome.Outcome[T]) -> None:
+        global _running
+        result.append(value)
+        with _lock:
+            _running -= 1
+        with contextlib.suppress(trio.RunFinishedError):  # abandoned, and the run is over
+            token.run_sync_soon(finish)
+
+    with _lock:
+        _running += 1
+    trio.lowlevel.start_thread_soon(functools.partial(fn, *args), deliver)
+    try:
+        await ended.wait()
+    except trio.Cancelled:
+        with bounded_shield(limit):
+            await ended.wait()
+        if not ended.is_set():
+            raise Abandoned from None
+    return result[0].unwrap()
 
 
 def threads_running() -> int:

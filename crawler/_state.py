@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import trio
 
-from ._shield import bounded_shield, run_abandonable
+from ._shield import Abandoned, bounded_shield, run_abandonable, run_committed
 
 if TYPE_CHECKING:
     from ._config import CrawlConfig
@@ -829,28 +829,23 @@ class StateStore:
         return self._db
 
     async def commit(self, batch: Batch) -> CommitResult:
-        """Apply `batch` in one transaction. A commit point: cancellation waits for it,
-        for at most SHIELD_LIMIT seconds; then it is abandoned (StateError), never lands,
-        and the store can no longer be used."""
+        """Apply `batch` in one transaction. A commit point: it runs even if cancelled
+        before it starts, however long it takes (a batch of a 50,000-URL sitemap is no
+        hung disk); once cancelled, it is waited for at most SHIELD_LIMIT seconds more,
+        then abandoned (StateError): it never lands, and the store is no longer usable."""
         db = self._need()
-        result: CommitResult | None = None
-        # Shielded from the start (run_bounded's shield starts only once the thread runs,
-        # and a commit cancelled just before would be lost with its batch).
-        with bounded_shield():
-            try:
-                result = await run_abandonable(db.commit, batch, limiter=self._limiter)
-            except sqlite3.Error as exc:
-                raise StateError(f"cannot write crawl state in {self.directory}: {exc}") from None
-        if result is not None:
-            return result
-        # The bound passed: given up on.
-        db.abandon()
-        self._broken = (
-            f"a commit to the crawl state in {self.directory} was still running "
-            "well after the crawl was stopped (a hung disk?): given up on, not "
-            "committed; a resumed crawl redoes it"
-        )
-        raise StateError(self._broken) from None
+        try:
+            return await run_committed(db.commit, batch, limiter=self._limiter)
+        except sqlite3.Error as exc:
+            raise StateError(f"cannot write crawl state in {self.directory}: {exc}") from None
+        except Abandoned:
+            db.abandon()
+            self._broken = (
+                f"a commit to the crawl state in {self.directory} was still running "
+                "well after the crawl was stopped (a hung disk?): given up on, not "
+                "committed; a resumed crawl redoes it"
+            )
+            raise StateError(self._broken) from None
 
     async def load(self, origin: str, after: int | None, limit: int) -> list[QueuedRow]:
         return await self._read(self._need().load, origin, after, limit)

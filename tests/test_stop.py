@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -101,3 +102,34 @@ async def test_a_hung_writer_is_given_up_on_when_cancelled(
             while _shield.threads_running():  # noqa: ASYNC110 - a thread
                 await trio.sleep(0.01)
         sink.close()  # left to the stuck thread, which has ended now
+
+
+async def test_a_commit_slower_than_the_bound_lands_while_the_crawl_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The bound is for a stopping crawl; a big batch (a 50,000-URL sitemap) may take
+    # longer than it on a healthy disk, and used to end the crawl with StateError.
+    monkeypatch.setattr(_shield, "SHIELD_LIMIT", 0.2)
+    cfg = config(tmp_path)
+    store = StateStore(tmp_path, cfg)
+    await store.open()
+    db = store._db
+    assert db is not None
+    real_commit = db.commit
+    slow: list[int] = []
+
+    def slow_commit(batch: Batch) -> CommitResult:
+        if batch.done and not slow:
+            slow.append(1)
+            time.sleep(0.8)  # four times the bound
+        return real_commit(batch)
+
+    monkeypatch.setattr(db, "commit", slow_commit)
+    with trio.fail_after(30):
+        async with crawler.open_crawl(
+            cfg, transport=MockSite(chain_site(A, 30)).transport(), store=store
+        ) as crawl:
+            pages = [page async for page in crawl]
+    assert slow and len(pages) == 31
+    snapshot = read_snapshot(tmp_path)
+    assert snapshot is not None and snapshot.totals.pages == 31 and snapshot.queued == 0
