@@ -19,8 +19,11 @@ is also a complete ``httpx.AsyncBaseTransport`` (``handle_async_request``), for
 ``httpx.AsyncClient(transport=TrioTransport())`` and for the engine when a ``prepare``
 hook needs the ``httpx.Request``. Plain TCP is read and written through the socket
 itself (taken out of trio's stream) with ``trio.lowlevel.wait_readable``/
-``wait_writable``, skipping the trio stream and socket wrappers; TLS goes through
-``trio.SSLStream``.
+``wait_writable``, skipping the trio stream and socket wrappers; TLS likewise, through
+a non-blocking ``ssl.SSLSocket`` on that socket (OpenSSL reads and writes the
+descriptor in C; ``trio.SSLStream`` ran Python over ``ssl.MemoryBIO`` per record and
+cost about a third more CPU per request). A ``connect`` hook's stream that is not a
+``trio.SocketStream`` is used through trio (``trio.SSLStream`` for TLS).
 
 Parsing is llhttp's strict mode, with three leniencies h11 also had: bare LF line
 ends, obs-fold continuation lines (RFC 9112 section 5.2: a user agent must accept them)
@@ -448,44 +451,70 @@ class StaleConnection(httpx.ReadError):
 
 
 class _Conn:
-    """One pooled HTTP/1.1 connection: a trio stream (or its socket)."""
+    """One pooled HTTP/1.1 connection: a socket (plain or TLS), or a trio stream."""
 
-    __slots__ = ("idle_since", "key", "poll", "sock", "stream")
+    __slots__ = ("idle_since", "key", "poll", "sock", "stream", "tls")
 
-    def __init__(self, stream: trio.abc.Stream, key: _PoolKey) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream | None, key: _PoolKey, tls: ssl.SSLSocket | None = None
+    ) -> None:
         self.stream = stream
         self.key = key
         self.idle_since = 0.0
         # Plain TCP is read and written through the socket itself, taken out of the
         # trio stream (one descriptor per connection), with trio's I/O waits but not
         # its stream and socket wrappers: those cost about a tenth of a crawled page's
-        # CPU. TLS goes through the stream.
-        self.sock: socket.socket | None = None
-        fd = -1
-        if type(stream) is trio.SocketStream:
+        # CPU. TLS over such a socket is a non-blocking `ssl.SSLSocket` (see
+        # `_open_tls`), read and written the same way. Only a stream from a `connect`
+        # hook that is not a trio.SocketStream goes through trio's stream (and
+        # `trio.SSLStream` for TLS).
+        self.sock: socket.socket | None = tls
+        self.tls = tls
+        if stream is not None and type(stream) is trio.SocketStream:
             self.sock = socket.socket(fileno=stream.socket.detach())
             self.sock.setblocking(False)
+            self.stream = None
+        fd = -1
+        if self.sock is not None:
             fd = self.sock.fileno()
         elif type(stream) is trio.SSLStream and type(stream.transport_stream) is trio.SocketStream:
             fd = stream.transport_stream.socket.fileno()
-        # `poll(0)` is empty while the idle connection is still open (see _round_trip).
+        # `poll(0)` is empty while the idle connection is still open (see `readable`).
         self.poll: Callable[[int], list[tuple[int, int]]] | None = None
         if fd >= 0 and _POLL is not None:
             poller = _POLL()
             poller.register(fd, select.POLLIN)
             self.poll = poller.poll
 
+    def readable(self) -> bool:
+        """Whether anything is waiting to be read (data or EOF), without waiting.
+
+        On an idle HTTP/1.1 connection nothing may be: the server closed it, or broke
+        the protocol. One poll(2); with TLS, decrypted bytes OpenSSL still holds count
+        too (`pending()`), as they never show on the descriptor."""
+        tls = self.tls
+        if tls is not None and tls.pending():
+            return True
+        poll = self.poll
+        return poll is not None and bool(poll(0))
+
     async def send_all(self, data: bytes) -> None:
         sock = self.sock
         if sock is None:
+            assert self.stream is not None
             await self.stream.send_all(data)
             return
         view = memoryview(data)
         while view:
             try:
+                # (An SSLSocket writes all of it or raises; retried with the same
+                # bytes after SSLWantWriteError, as OpenSSL requires.)
                 sent = sock.send(view)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError):
                 await trio.lowlevel.wait_writable(sock)
+                continue
+            except ssl.SSLWantReadError:  # TLS needs the peer's bytes first
+                await trio.lowlevel.wait_readable(sock)
                 continue
             view = view[sent:]
 
@@ -495,9 +524,15 @@ class _Conn:
         `after_send`: the request was just sent, so nothing is there yet. Let the other
         runnable tasks go first, then try: in a busy crawl the response has nearly
         always arrived by then (98% of pages in the benchmark), which spares the epoll
-        registration and wake-up of a `wait_readable` (~6% of a page's CPU)."""
+        registration and wake-up of a `wait_readable` (~6% of a page's CPU).
+
+        Every read is tried before waiting on the descriptor, so with TLS whatever
+        OpenSSL already holds decrypted (`pending()`) is returned without a wait.
+        A TLS close_notify, or an EOF without it (as ``https_compatible`` trio and
+        browsers allow; the HTTP framing tells a cut body), reads as b""."""
         sock = self.sock
         if sock is None:
+            assert self.stream is not None
             data = await self.stream.receive_some(_RECEIVE_SIZE)
             return data if type(data) is bytes else bytes(data)
         if after_send:
@@ -505,18 +540,58 @@ class _Conn:
         while True:
             try:
                 return sock.recv(_RECEIVE_SIZE)
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantReadError):
                 await trio.lowlevel.wait_readable(sock)
+            except ssl.SSLWantWriteError:  # TLS must send (e.g. a key update) first
+                await trio.lowlevel.wait_writable(sock)
 
     async def discard(self) -> None:
-        """Close the connection at once (as `_discard`: yields, never raises Cancelled)."""
+        """Close the connection at once (as `_discard`: yields, never raises Cancelled).
+
+        TLS sends no close_notify (nor waits for one): the socket is just closed."""
         sock = self.sock
         if sock is None:
+            assert self.stream is not None
             await _discard(self.stream)
             return
         trio.lowlevel.notify_closing(sock)
         sock.close()
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+async def _open_tls(
+    stream: trio.SocketStream, ctx: ssl.SSLContext, host: str, key: _PoolKey
+) -> _Conn:
+    """TLS over ``stream``'s socket as a non-blocking `ssl.SSLSocket`, handshake done.
+
+    ``trio.SSLStream`` runs OpenSSL over ``ssl.MemoryBIO`` and moves every record
+    through Python (its locks, buffers and the trio socket); an ``SSLSocket`` reads
+    and writes the descriptor in C, and we wait on it only when OpenSSL says
+    ``SSLWantReadError``/``SSLWantWriteError``. The context does what it did for
+    ``SSLStream``: certificate and host name checks, SNI (``server_hostname``), ALPN.
+    A failure closes the socket and raises (an `ssl.SSLError` or `OSError`).
+    """
+    plain = socket.socket(fileno=stream.socket.detach())
+    try:
+        plain.setblocking(False)
+        tls = ctx.wrap_socket(plain, server_hostname=host, do_handshake_on_connect=False)
+    except BaseException:
+        plain.close()
+        raise
+    conn = _Conn(None, key, tls)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await trio.lowlevel.wait_readable(tls)
+            except ssl.SSLWantWriteError:
+                await trio.lowlevel.wait_writable(tls)
+    except BaseException:
+        await conn.discard()
+        raise
+    return conn
 
 
 class _ResponseBody(httpx.AsyncByteStream):
@@ -795,8 +870,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
         if conn is not None:
             # Nothing may be readable on an idle HTTP/1.1 connection: data or EOF means
             # the server closed it (or broke the protocol). One poll(2), no waiting.
-            poll = conn.poll
-            if poll is None or not poll(0):
+            if not conn.readable():
                 return await self._exchange(conn, request, out, deadline, reused=True)
             # Not sent on; those idle even longer are likely closed too.
             self._doomed.append(conn)
@@ -898,6 +972,10 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 else:
                     stream = await self._connect_hook(host, port)
                 if scheme == "https":
+                    if type(stream) is trio.SocketStream:
+                        ctx = self._get_ssl_context()
+                        plain, stream = stream, None  # _open_tls closes it on failure
+                        return await _open_tls(plain, ctx, host, key)
                     tls = trio.SSLStream(
                         stream, self._get_ssl_context(), server_hostname=host, https_compatible=True
                     )
