@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crawler._links import (
     ParsedPage,
+    _keep_heap_for_lexbor,
     _parse,
     _prescan_meta,
     _sniff_encoding,
@@ -475,3 +480,23 @@ def test_common_meta_charset_shortcut_agrees_with_the_prescan(head: bytes) -> No
     # the answer must be what the full prescan gives.
     body = b"<!DOCTYPE html><html><head>" + head + b"<title>t</title></head></html>"
     assert _sniff_encoding(body, None) == (_prescan_meta(body) or "utf-8", 0)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, {"MALLOC_TRIM_THRESHOLD_": "0"}],
+)
+def test_malloc_settings_leave_the_users_own_alone(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _keep_heap_for_lexbor() is False
+
+
+def test_malloc_settings_are_made_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    for name in [n for n in os.environ if n.startswith("MALLOC_") and n.endswith("_")]:
+        monkeypatch.delenv(name)
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert _keep_heap_for_lexbor() is glibc
