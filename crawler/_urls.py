@@ -360,7 +360,22 @@ def _normalize(url: str, base: str | None) -> str | None:
                 return None
             prefix = parts[1]
             if fast_path[0] != "/":
-                fast_path = parts[4] + fast_path
+                directory = parts[4]
+                # Leading "./" and "../" (common in links) resolved here against the
+                # base's directory, which is canonical (no dot segments): what
+                # _remove_dot_segments would make of them, without its split and loop.
+                # Any other dot segment is still left to it below.
+                while fast_path[0] == ".":
+                    if fast_path.startswith("./"):
+                        fast_path = fast_path[2:]
+                    elif fast_path.startswith("../"):
+                        fast_path = fast_path[3:]
+                        directory = directory[: directory.rfind("/", 0, -1) + 1] or "/"
+                    else:
+                        break
+                    if not fast_path:
+                        break
+                fast_path = directory + fast_path
         if prefix is not None:
             if "/." in fast_path:
                 fast_path = _remove_dot_segments(fast_path)

@@ -506,3 +506,36 @@ def test_relative_paths_resolve_like_canonical_inputs(ref: str) -> None:
         assert "/./" not in result.partition("?")[0]
         assert "/../" not in result.partition("?")[0]
         _check_result(result)
+
+
+_DOT_BASES = [
+    "http://example.com/",
+    "http://example.com/a",
+    "http://example.com/a/",
+    "http://example.com/a/b/c.html",
+    "http://example.com/a//b/",
+    "http://example.com//",
+    "http://example.com/.well-known/x/y",
+    "http://example.com/a/.../b/",
+    "http://example.com/a/b?q=1",
+]
+
+
+@_LIMITED
+@given(
+    st.lists(st.sampled_from([".", "..", "...", "", "a", "b.html", ".x"]), min_size=1, max_size=7),
+    st.sampled_from(_DOT_BASES),
+    st.sampled_from(["", "?y", "#f"]),
+)
+def test_relative_dot_segments_resolve_as_in_the_absolute_path(
+    segments: list[str], base: str, suffix: str
+) -> None:
+    # RFC 3986 5.2: a relative path is merged with the base's directory, then its dot
+    # segments are removed (5.2.4). The same path written as an absolute URL is the
+    # reference: the fast path's own handling of leading "./" and "../" must agree.
+    ref = "/".join(segments) + suffix
+    if not ref or ref[0] in "/?#":
+        return  # not a relative path: the base itself, or "//" naming another host
+    path = base.partition("?")[0].removeprefix("http://example.com")
+    directory = path[: path.rfind("/") + 1]
+    assert normalize_url(ref, base) == normalize_url("http://example.com" + directory + ref)
