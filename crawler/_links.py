@@ -110,6 +110,7 @@ _CODEC_ALIASES = {
 
 _CT_CHARSET = re.compile(r"""charset\s*=\s*["']?\s*([^\s;"']{1,64})""", re.IGNORECASE)
 _META_TAG = re.compile(rb"<meta[\s/]([^>]*)", re.IGNORECASE)
+_FIRST_META = re.compile(rb"<meta", re.IGNORECASE).search  # (bytes: ASCII case only)
 _ATTRIBUTE = re.compile(rb"""([^\s"'>/=]+)(?:\s*=\s*(?:"([^"]*)"|'([^']*)'|([^\s>]+)))?""")
 _CONTENT_CHARSET = re.compile(rb"""charset\s*=\s*["']?\s*([^\s;"']{1,64})""", re.IGNORECASE)
 
@@ -241,12 +242,15 @@ def _sniff_encoding(body: bytes, content_type: str | None) -> tuple[str, int]:
             codec = _codec_for(match.group(1))
             if codec is not None:
                 return codec, 0
-    head = body[:_PRESCAN_BYTES]
-    at = head.lower().find(b"<meta")
-    if at >= 0:
-        if head.startswith(_META_UTF8, at) or head.startswith(_META_UTF8_UPPER, at):
+    # The first "<meta" of the first 2 KB, in any case (a search: no copy, no lower()).
+    meta = _FIRST_META(body, 0, _PRESCAN_BYTES)
+    if meta is not None:
+        at = meta.start()
+        if body.startswith(_META_UTF8, at, _PRESCAN_BYTES) or body.startswith(
+            _META_UTF8_UPPER, at, _PRESCAN_BYTES
+        ):
             return _UTF8, 0  # the usual first <meta>, without the regular expressions
-        codec = _prescan_meta(head)
+        codec = _prescan_meta(body[:_PRESCAN_BYTES])
         if codec is not None:
             return codec, 0
     return _UTF8, 0
@@ -323,21 +327,22 @@ def _title(tree: LexborHTMLParser) -> str | None:
     return text or None
 
 
-def _link_nodes(tree: LexborHTMLParser) -> list[LexborNode]:
-    """Elements that may carry a link, in document order."""
+def _link_nodes(tree: LexborHTMLParser) -> tuple[list[LexborNode], str | None]:
+    """Elements that may carry a link, in document order, and their tag name when they
+    all have the same one (most pages: only ``<a>``)."""
     tags = tree.tags
     links = [node for node in tags("link") if _followable_link(node.attributes)]
-    groups = [group for group in map(tags, _LINK_TAGS) if group]
+    groups = [(group, tag) for tag in _LINK_TAGS if (group := tags(tag))]
     if links:
         if not groups:
-            return links
+            return links, "link"
         # A document has one <head>, which precedes <body>, and the parser never puts
         # a/area/frame/iframe in <head>: links that are children of <head> come first.
         if len(groups) == 1 and all(_parent_tag(node) == "head" for node in links):
-            return links + groups[0]
+            return links + groups[0][0], None
     elif len(groups) <= 1:
-        return groups[0] if groups else []
-    return tree.css(_LINK_SELECTOR)
+        return groups[0] if groups else ([], None)
+    return tree.css(_LINK_SELECTOR), None
 
 
 def _parent_tag(node: LexborNode) -> str | None:
@@ -345,11 +350,14 @@ def _parent_tag(node: LexborNode) -> str | None:
     return None if parent is None else parent.tag
 
 
-def _raw_links(nodes: list[LexborNode]) -> list[str]:
-    """Link attribute values worth resolving (href/src; a bare attribute counts as "")."""
+def _raw_links(nodes: list[LexborNode], same_tag: str | None = None) -> list[str]:
+    """Link attribute values worth resolving (href/src; a bare attribute counts as "").
+
+    `same_tag`: the tag name of every node, when `_link_nodes` knows it (it then need
+    not be asked of each node)."""
     raw: list[str] = []
     for node in nodes:
-        tag = node.tag
+        tag = same_tag or node.tag
         attributes = node.attributes
         if tag == "a" or tag == "area":
             if "href" not in attributes:
@@ -418,7 +426,7 @@ def _parse(
             break
 
     links: dict[str, None] = {}
-    for raw in _raw_links(_link_nodes(tree)):
+    for raw in _raw_links(*_link_nodes(tree)):
         link = normalize_url(raw, base, max_length=max_url_length)
         if link is not None and link not in links:
             links[link] = None

@@ -500,3 +500,36 @@ def test_malloc_settings_are_made_on_glibc(monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.delenv(name)
     glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
     assert _keep_heap_for_lexbor() is glibc
+
+
+def _sniff_meta_as_before(body: bytes) -> str:
+    """The <meta> step of _sniff_encoding as it was written first (lower() of a copy)."""
+    head = body[:2048]
+    at = head.lower().find(b"<meta")
+    if at >= 0:
+        if head.startswith(b'<meta charset="utf-8"', at) or head.startswith(
+            b'<meta charset="UTF-8"', at
+        ):
+            return "utf-8"
+        codec = _prescan_meta(head)
+        if codec is not None:
+            return codec
+    return "utf-8"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2060),
+    st.lists(
+        st.sampled_from(
+            [b"<meta", b"<META", b"<MeTa", b' charset="utf-8"', b' charset="UTF-8"',
+             b'<meta charset="utf-8"', b' charset="koi8-r">', b"<meta charset=koi8-r>",
+             b">", b"<", b"x", b" ", b"<title>t</title>"]
+        ),
+        max_size=8,
+    ),
+)  # fmt: skip
+def test_meta_prescan_finds_what_it_found_before(padding: int, pieces: list[bytes]) -> None:
+    # Near the 2 KB limit too: a <meta> that starts inside it but ends after it.
+    body = b"x" * padding + b"".join(pieces)
+    assert _sniff_encoding(body, None) == (_sniff_meta_as_before(body), 0)
