@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from selectolax.lexbor import LexborHTMLParser, LexborNode
 
-from ._urls import normalize_url
+from ._urls import normalize_links, normalize_url
 
 __all__ = ["ParsedPage", "is_html", "parse_html"]
 
@@ -425,11 +425,7 @@ def _parse(
             base = normalize_url(href, url, max_length=max_url_length) or url
             break
 
-    links: dict[str, None] = {}
-    for raw in _raw_links(*_link_nodes(tree)):
-        link = normalize_url(raw, base, max_length=max_url_length)
-        if link is not None and link not in links:
-            links[link] = None
-            if len(links) >= max_links:
-                break
-    return ParsedPage(title=title, links=tuple(links), nofollow=False, encoding=codec)
+    links = normalize_links(
+        _raw_links(*_link_nodes(tree)), base, max_length=max_url_length, limit=max_links
+    )
+    return ParsedPage(title=title, links=links, nofollow=False, encoding=codec)
