@@ -266,8 +266,8 @@ class _Response:
         return _HTTP_VERSIONS.get(version) or b"HTTP/" + version.encode("ascii")
 
 
-@dataclass(frozen=True, slots=True)
-class _Outgoing:
+@dataclass(slots=True)  # not frozen: its __init__ would cost 3x (one per `get`), and
+class _Outgoing:  # it never leaves this module
     """A request ready to send: its head's bytes, and how its body is framed."""
 
     head: bytes
