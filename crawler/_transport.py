@@ -19,8 +19,11 @@ is also a complete ``httpx.AsyncBaseTransport`` (``handle_async_request``), for
 ``httpx.AsyncClient(transport=TrioTransport())`` and for the engine when a ``prepare``
 hook needs the ``httpx.Request``. Plain TCP is read and written through the socket
 itself (taken out of trio's stream) with ``trio.lowlevel.wait_readable``/
-``wait_writable``, skipping the trio stream and socket wrappers; TLS goes through
-``trio.SSLStream``.
+``wait_writable``, skipping the trio stream and socket wrappers; TLS likewise, through
+a non-blocking ``ssl.SSLSocket`` on that socket (OpenSSL reads and writes the
+descriptor in C; ``trio.SSLStream`` ran Python over ``ssl.MemoryBIO`` per record and
+cost about a third more CPU per request). A ``connect`` hook's stream that is not a
+``trio.SocketStream`` is used through trio (``trio.SSLStream`` for TLS).
 
 Parsing is llhttp's strict mode, with three leniencies h11 also had: bare LF line
 ends, obs-fold continuation lines (RFC 9112 section 5.2: a user agent must accept them)
@@ -69,8 +72,6 @@ ConnectHook = Callable[[str, int], Awaitable[trio.abc.Stream]]
 _RECEIVE_SIZE: Final = 65_536
 _SEND_CHUNK: Final = 65_536
 _MAX_INFORMATIONAL: Final = 32
-# Timeouts are re-armed after each I/O step unless less than this much time passed.
-_DEADLINE_SLACK: Final = 0.001
 _HTTP_VERSIONS: Final = {"1.1": b"HTTP/1.1", "1.0": b"HTTP/1.0"}
 # A request target as h11 accepts it: visible ASCII, no space.
 _TARGET: Final = re.compile(rb"[\x21-\x7e]+").fullmatch
@@ -88,6 +89,10 @@ _MAX_TEMPLATES: Final = 10_000
 
 class _Malformed(Exception):
     """The response breaks HTTP/1.1 (becomes httpx.RemoteProtocolError)."""
+
+
+class _Timeout(Exception):
+    """A connection's read or write waited until its deadline (becomes an httpx timeout)."""
 
 
 class _Stop(Exception):
@@ -261,8 +266,8 @@ class _Response:
         return _HTTP_VERSIONS.get(version) or b"HTTP/" + version.encode("ascii")
 
 
-@dataclass(frozen=True, slots=True)
-class _Outgoing:
+@dataclass(slots=True)  # not frozen: its __init__ would cost 3x (one per `get`), and
+class _Outgoing:  # it never leaves this module
     """A request ready to send: its head's bytes, and how its body is framed."""
 
     head: bytes
@@ -448,75 +453,171 @@ class StaleConnection(httpx.ReadError):
 
 
 class _Conn:
-    """One pooled HTTP/1.1 connection: a trio stream (or its socket)."""
+    """One pooled HTTP/1.1 connection: a socket (plain or TLS), or a trio stream."""
 
-    __slots__ = ("idle_since", "key", "poll", "sock", "stream")
+    __slots__ = ("idle_since", "key", "poll", "sock", "stream", "tls")
 
-    def __init__(self, stream: trio.abc.Stream, key: _PoolKey) -> None:
+    def __init__(
+        self, stream: trio.abc.Stream | None, key: _PoolKey, tls: ssl.SSLSocket | None = None
+    ) -> None:
         self.stream = stream
         self.key = key
         self.idle_since = 0.0
         # Plain TCP is read and written through the socket itself, taken out of the
         # trio stream (one descriptor per connection), with trio's I/O waits but not
         # its stream and socket wrappers: those cost about a tenth of a crawled page's
-        # CPU. TLS goes through the stream.
-        self.sock: socket.socket | None = None
-        fd = -1
-        if type(stream) is trio.SocketStream:
+        # CPU. TLS over such a socket is a non-blocking `ssl.SSLSocket` (see
+        # `_open_tls`), read and written the same way. Only a stream from a `connect`
+        # hook that is not a trio.SocketStream goes through trio's stream (and
+        # `trio.SSLStream` for TLS).
+        self.sock: socket.socket | None = tls
+        self.tls = tls
+        if stream is not None and type(stream) is trio.SocketStream:
             self.sock = socket.socket(fileno=stream.socket.detach())
             self.sock.setblocking(False)
+            self.stream = None
+        fd = -1
+        if self.sock is not None:
             fd = self.sock.fileno()
         elif type(stream) is trio.SSLStream and type(stream.transport_stream) is trio.SocketStream:
             fd = stream.transport_stream.socket.fileno()
-        # `poll(0)` is empty while the idle connection is still open (see _round_trip).
+        # `poll(0)` is empty while the idle connection is still open (see `readable`).
         self.poll: Callable[[int], list[tuple[int, int]]] | None = None
         if fd >= 0 and _POLL is not None:
             poller = _POLL()
             poller.register(fd, select.POLLIN)
             self.poll = poller.poll
 
-    async def send_all(self, data: bytes) -> None:
+    def readable(self) -> bool:
+        """Whether anything is waiting to be read (data or EOF), without waiting.
+
+        On an idle HTTP/1.1 connection nothing may be: the server closed it, or broke
+        the protocol. One poll(2); with TLS, decrypted bytes OpenSSL still holds count
+        too (`pending()`), as they never show on the descriptor."""
+        tls = self.tls
+        if tls is not None and tls.pending():
+            return True
+        poll = self.poll
+        return poll is not None and bool(poll(0))
+
+    # Deadlines: `send_all` and `receive` take `until`, the trio time after which a
+    # wait raises `_Timeout`. A cancel scope (~5% of a page's CPU, entered and left
+    # per exchange) is opened only around a wait that actually happens: in a busy
+    # crawl the request goes out and its response is read without one.
+
+    async def send_all(self, data: bytes, until: float = math.inf) -> None:
         sock = self.sock
         if sock is None:
-            await self.stream.send_all(data)
+            assert self.stream is not None
+            with trio.CancelScope(deadline=until) as scope:
+                await self.stream.send_all(data)
+            if scope.cancelled_caught:
+                raise _Timeout
             return
         view = memoryview(data)
         while view:
             try:
+                # (An SSLSocket writes all of it or raises; retried with the same
+                # bytes after SSLWantWriteError, as OpenSSL requires.)
                 sent = sock.send(view)
-            except BlockingIOError:
-                await trio.lowlevel.wait_writable(sock)
+            except (BlockingIOError, ssl.SSLWantWriteError):
+                await _wait(trio.lowlevel.wait_writable, sock, until)
+                continue
+            except ssl.SSLWantReadError:  # TLS needs the peer's bytes first
+                await _wait(trio.lowlevel.wait_readable, sock, until)
                 continue
             view = view[sent:]
 
-    async def receive(self, *, after_send: bool = False) -> bytes:
-        """The next bytes from the server (b"" at EOF).
+    async def receive(self, until: float = math.inf, *, after_send: bool = False) -> bytes:
+        """The next bytes from the server (b"" at EOF); `_Timeout` if none by `until`.
 
         `after_send`: the request was just sent, so nothing is there yet. Let the other
         runnable tasks go first, then try: in a busy crawl the response has nearly
         always arrived by then (98% of pages in the benchmark), which spares the epoll
-        registration and wake-up of a `wait_readable` (~6% of a page's CPU)."""
+        registration and wake-up of a `wait_readable` (~6% of a page's CPU).
+
+        Every read is tried before waiting on the descriptor, so with TLS whatever
+        OpenSSL already holds decrypted (`pending()`) is returned without a wait.
+        A TLS close_notify, or an EOF without it (as ``https_compatible`` trio and
+        browsers allow; the HTTP framing tells a cut body), reads as b""."""
         sock = self.sock
         if sock is None:
-            data = await self.stream.receive_some(_RECEIVE_SIZE)
+            assert self.stream is not None
+            with trio.CancelScope(deadline=until) as scope:
+                data = await self.stream.receive_some(_RECEIVE_SIZE)
+            if scope.cancelled_caught:
+                raise _Timeout
             return data if type(data) is bytes else bytes(data)
         if after_send:
             await trio.lowlevel.checkpoint()
         while True:
             try:
                 return sock.recv(_RECEIVE_SIZE)
-            except BlockingIOError:
-                await trio.lowlevel.wait_readable(sock)
+            except (BlockingIOError, ssl.SSLWantReadError):
+                await _wait(trio.lowlevel.wait_readable, sock, until)
+            except ssl.SSLWantWriteError:  # TLS must send (e.g. a key update) first
+                await _wait(trio.lowlevel.wait_writable, sock, until)
 
     async def discard(self) -> None:
-        """Close the connection at once (as `_discard`: yields, never raises Cancelled)."""
+        """Close the connection at once (as `_discard`: yields, never raises Cancelled).
+
+        TLS sends no close_notify (nor waits for one): the socket is just closed."""
         sock = self.sock
         if sock is None:
+            assert self.stream is not None
             await _discard(self.stream)
             return
         trio.lowlevel.notify_closing(sock)
         sock.close()
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+async def _wait(
+    wait: Callable[[socket.socket], Awaitable[None]], sock: socket.socket, until: float
+) -> None:
+    """``await wait(sock)`` (trio's wait_readable/wait_writable), `_Timeout` at `until`."""
+    if until == math.inf:
+        await wait(sock)
+        return
+    with trio.CancelScope(deadline=until) as scope:
+        await wait(sock)
+    if scope.cancelled_caught:
+        raise _Timeout
+
+
+async def _open_tls(
+    stream: trio.SocketStream, ctx: ssl.SSLContext, host: str, key: _PoolKey
+) -> _Conn:
+    """TLS over ``stream``'s socket as a non-blocking `ssl.SSLSocket`, handshake done.
+
+    ``trio.SSLStream`` runs OpenSSL over ``ssl.MemoryBIO`` and moves every record
+    through Python (its locks, buffers and the trio socket); an ``SSLSocket`` reads
+    and writes the descriptor in C, and we wait on it only when OpenSSL says
+    ``SSLWantReadError``/``SSLWantWriteError``. The context does what it did for
+    ``SSLStream``: certificate and host name checks, SNI (``server_hostname``), ALPN.
+    A failure closes the socket and raises (an `ssl.SSLError` or `OSError`).
+    """
+    plain = socket.socket(fileno=stream.socket.detach())
+    try:
+        plain.setblocking(False)
+        tls = ctx.wrap_socket(plain, server_hostname=host, do_handshake_on_connect=False)
+    except BaseException:
+        plain.close()
+        raise
+    conn = _Conn(None, key, tls)
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                await trio.lowlevel.wait_readable(tls)
+            except ssl.SSLWantWriteError:
+                await trio.lowlevel.wait_writable(tls)
+    except BaseException:
+        await conn.discard()
+        raise
+    return conn
 
 
 class _ResponseBody(httpx.AsyncByteStream):
@@ -562,13 +663,12 @@ class _ResponseBody(httpx.AsyncByteStream):
         try:
             while not response.done:
                 try:
-                    wait_until = min(trio.current_time() + read_timeout, self._deadline)
-                    with trio.CancelScope(deadline=wait_until) as scope:
-                        data = await conn.receive()
+                    until = min(trio.current_time() + read_timeout, self._deadline)
+                    data = await conn.receive(until)
                 except _IO_ERRORS as exc:
                     raise httpx.ReadError(_describe(exc), request=self._request) from exc
-                if scope.cancelled_caught:
-                    raise httpx.ReadTimeout(_silence(read_timeout), request=self._request)
+                except _Timeout:
+                    raise httpx.ReadTimeout(_silence(read_timeout), request=self._request) from None
                 if not data:
                     if response.until_eof:  # a close-delimited body: EOF is its end
                         response.done = True
@@ -795,8 +895,7 @@ class TrioTransport(httpx.AsyncBaseTransport):
         if conn is not None:
             # Nothing may be readable on an idle HTTP/1.1 connection: data or EOF means
             # the server closed it (or broke the protocol). One poll(2), no waiting.
-            poll = conn.poll
-            if poll is None or not poll(0):
+            if not conn.readable():
                 return await self._exchange(conn, request, out, deadline, reused=True)
             # Not sent on; those idle even longer are likely closed too.
             self._doomed.append(conn)
@@ -898,6 +997,10 @@ class TrioTransport(httpx.AsyncBaseTransport):
                 else:
                     stream = await self._connect_hook(host, port)
                 if scheme == "https":
+                    if type(stream) is trio.SocketStream:
+                        ctx = self._get_ssl_context()
+                        plain, stream = stream, None  # _open_tls closes it on failure
+                        return await _open_tls(plain, ctx, host, key)
                     tls = trio.SSLStream(
                         stream, self._get_ssl_context(), server_hostname=host, https_compatible=True
                     )
@@ -983,14 +1086,33 @@ class TrioTransport(httpx.AsyncBaseTransport):
         conn: _Conn,
         request: httpx.Request | None,
         out: _Outgoing,
+        start: float,
+        deadline: float,
+    ) -> None:
+        """Send the head and body of ``out``, each write within the write timeout
+        (counted from `start` for the first); `_Timeout` when one is not done in time."""
+        body = out.body
+        timeout = self._read_timeout
+        if body is not None and len(body) <= _SEND_CHUNK and not out.chunked:
+            # The usual case: one write, and no cancel scope unless it has to wait.
+            data = out.head + body if body else out.head
+            await conn.send_all(data, min(start + timeout, deadline))
+            return
+        # A streamed body's pieces may take their time coming: one scope over it all.
+        with trio.CancelScope(deadline=min(start + timeout, deadline)) as scope:
+            await self._send_pieces(conn, request, out, scope, deadline)
+        if scope.cancelled_caught:
+            raise _Timeout
+
+    async def _send_pieces(
+        self,
+        conn: _Conn,
+        request: httpx.Request | None,
+        out: _Outgoing,
         scope: trio.CancelScope,
         deadline: float,
     ) -> None:
-        """Send the head and body of ``out``, each write within the write timeout."""
         body = out.body
-        if body is not None and len(body) <= _SEND_CHUNK and not out.chunked:
-            await conn.send_all(out.head + body if body else out.head)  # the usual case
-            return
         timeout = self._read_timeout
         await conn.send_all(out.head)
         pieces: Iterable[bytes] | AsyncIterable[bytes]
@@ -1049,70 +1171,64 @@ class TrioTransport(httpx.AsyncBaseTransport):
     ) -> tuple[_Response, _ResponseBody]:
         """Send the request on ``conn`` and read the response head.
 
-        One cancel scope covers the whole exchange; its deadline is pushed forward
-        after every write and read, so it bounds each silence by ``read_timeout``.
-        A reused connection closed before any response byte raises ``StaleConnection``
-        (the server may have read the request: the caller decides whether to resend).
+        Each write and each read is bounded by ``read_timeout`` (a silence) and by
+        ``deadline`` (the whole exchange); see `_Conn.send_all`. A reused connection
+        closed before any response byte raises ``StaleConnection`` (the server may
+        have read the request: the caller decides whether to resend).
         """
         timeout = self._read_timeout
         limit = self._max_header_bytes
         response = _Response(head_only=out.head_only, reusable=out.keep_alive)
         feed = response.feed_head if out.head_only else response.feed
         received = 0
-        writing = True
         try:
-            start = trio.current_time()
-            with trio.CancelScope(deadline=min(start + timeout, deadline)) as scope:
-                # ---- request
-                try:
-                    await self._send_body(conn, request, out, scope, deadline)
-                except _IO_ERRORS as exc:
-                    if reused:
-                        raise StaleConnection(_describe(exc), request=request) from exc
-                    raise httpx.WriteError(_describe(exc), request=request) from exc
-                writing = False
-                now = trio.current_time()
-                if now - start > _DEADLINE_SLACK:  # moving a deadline costs; skip it if ~0
-                    scope.deadline = min(now + timeout, deadline)
+            # ---- request
+            try:
+                await self._send_body(conn, request, out, trio.current_time(), deadline)
+            except _IO_ERRORS as exc:
+                if reused:
+                    raise StaleConnection(_describe(exc), request=request) from exc
+                raise httpx.WriteError(_describe(exc), request=request) from exc
+            except _Timeout:
+                raise httpx.WriteTimeout(
+                    f"could not send the request within {timeout:g}s", request=request
+                ) from None
 
-                # ---- response head (1xx informational responses are skipped)
-                while not response.head_done:
-                    if received:
-                        scope.deadline = min(trio.current_time() + timeout, deadline)
-                    try:
-                        chunk = await conn.receive(after_send=not received)
-                    except _IO_ERRORS as exc:
-                        if reused and not received:
-                            raise StaleConnection(_describe(exc), request=request) from exc
-                        raise httpx.ReadError(_describe(exc), request=request) from exc
-                    if not chunk:
-                        if reused and not received:
-                            # A keep-alive connection the server closed as the
-                            # request went out: a lost connection, not a bad reply.
-                            raise StaleConnection(
-                                "server closed the keep-alive connection without a response",
-                                request=request,
-                            )
-                        raise httpx.RemoteProtocolError(
-                            "server disconnected without sending a complete response head",
+            # ---- response head (1xx informational responses are skipped)
+            until = min(trio.current_time() + timeout, deadline)
+            while not response.head_done:
+                if received:
+                    until = min(trio.current_time() + timeout, deadline)
+                try:
+                    chunk = await conn.receive(until, after_send=not received)
+                except _IO_ERRORS as exc:
+                    if reused and not received:
+                        raise StaleConnection(_describe(exc), request=request) from exc
+                    raise httpx.ReadError(_describe(exc), request=request) from exc
+                except _Timeout:
+                    raise httpx.ReadTimeout(_silence(timeout), request=request) from None
+                if not chunk:
+                    if reused and not received:
+                        # A keep-alive connection the server closed as the
+                        # request went out: a lost connection, not a bad reply.
+                        raise StaleConnection(
+                            "server closed the keep-alive connection without a response",
                             request=request,
                         )
-                    received += len(chunk)
-                    try:
-                        feed(chunk)
-                    except _Malformed as exc:
-                        raise httpx.RemoteProtocolError(str(exc), request=request) from None
-                    if not response.head_done and received > limit:
-                        # (1xx heads before it count too)
-                        raise httpx.RemoteProtocolError(
-                            f"response head is over {limit} bytes", request=request
-                        )
-            if scope.cancelled_caught:
-                if writing:
-                    raise httpx.WriteTimeout(
-                        f"could not send the request within {timeout:g}s", request=request
+                    raise httpx.RemoteProtocolError(
+                        "server disconnected without sending a complete response head",
+                        request=request,
                     )
-                raise httpx.ReadTimeout(_silence(timeout), request=request)
+                received += len(chunk)
+                try:
+                    feed(chunk)
+                except _Malformed as exc:
+                    raise httpx.RemoteProtocolError(str(exc), request=request) from None
+                if not response.head_done and received > limit:
+                    # (1xx heads before it count too)
+                    raise httpx.RemoteProtocolError(
+                        f"response head is over {limit} bytes", request=request
+                    )
 
             fields = len(response.headers)
             if fields > self._max_headers:

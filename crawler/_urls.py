@@ -60,6 +60,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Scope",
     "host_of",
+    "normalize_links",
     "normalize_url",
     "origin_of",
     "registrable_domain",
@@ -341,6 +342,29 @@ def _split_base(base: str) -> _BaseParts | None:
     return _split_base_cached(base)
 
 
+def _join_relative(prefix: str, directory: str, path: str, query: str | None) -> str:
+    """The canonical URL of a clean relative path (`_FAST` matched it: no scheme, no
+    authority, not empty, not starting with '/') and query, against a canonical base's
+    ``scheme://authority`` (`prefix`) and directory."""
+    # Leading "./" and "../" (common in links) resolved here against the base's
+    # directory, which is canonical (no dot segments): what _remove_dot_segments would
+    # make of them, without its split and loop. Any other dot segment is left to it.
+    while path[0] == ".":
+        if path.startswith("./"):
+            path = path[2:]
+        elif path.startswith("../"):
+            path = path[3:]
+            directory = directory[: directory.rfind("/", 0, -1) + 1] or "/"
+        else:
+            break
+        if not path:
+            break
+    path = directory + path
+    if "/." in path:
+        path = _remove_dot_segments(path)
+    return f"{prefix}{path}?{query}" if query else prefix + path
+
+
 def _normalize(url: str, base: str | None) -> str | None:
     """The normaliser proper; may raise only on a bug (normalize_url guards it)."""
     fast = _FAST(url)
@@ -358,9 +382,9 @@ def _normalize(url: str, base: str | None) -> str | None:
             parts = _split_base(base)
             if parts is None:
                 return None
-            prefix = parts[1]
             if fast_path[0] != "/":
-                fast_path = parts[4] + fast_path
+                return _join_relative(parts[1], parts[4], fast_path, fast_query)
+            prefix = parts[1]
         if prefix is not None:
             if "/." in fast_path:
                 fast_path = _remove_dot_segments(fast_path)
@@ -425,6 +449,47 @@ def normalize_url(url: str, base: str | None = None, *, max_length: int = 2083) 
     if result is None or len(result) > max_length:
         return None
     return result
+
+
+def normalize_links(
+    refs: Iterable[str], base: str, *, max_length: int = 2083, limit: int | None = None
+) -> tuple[str, ...]:
+    """``normalize_url(ref, base, max_length=max_length)`` of each of `refs`, without
+    the Nones and the repeats (the first kept), stopping at `limit` URLs: a page's links.
+
+    The same results as that loop, for less: the base is split once, and the common
+    reference, a clean relative path, is joined here without the per-link calls.
+    Never raises."""
+    links: dict[str, None] = {}
+    if limit is not None and limit <= 0:
+        return ()
+    try:
+        parts = _split_base(base)
+    except Exception:  # pragma: no cover - defensive, as in normalize_url
+        parts = None
+    fast = _FAST if parts is not None else None
+    prefix, directory = (parts[1], parts[4]) if parts is not None else ("", "")
+    for ref in refs:
+        link: str | None = None
+        match = fast(ref) if fast is not None else None
+        if match is not None and match.group(1) is None:
+            path = match.group(3)
+            if path and path[0] != "/":
+                try:
+                    link = _join_relative(prefix, directory, path, match.group(4))
+                except Exception:  # pragma: no cover - defensive, as in normalize_url
+                    link = None
+                if link is not None and len(link) > max_length:
+                    link = None
+            else:
+                link = normalize_url(ref, base, max_length=max_length)
+        else:
+            link = normalize_url(ref, base, max_length=max_length)
+        if link is not None and link not in links:
+            links[link] = None
+            if limit is not None and len(links) >= limit:
+                break
+    return tuple(links)
 
 
 def _split_authority(url: str) -> tuple[str, str]:

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
+
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from crawler._links import (
     ParsedPage,
+    _keep_heap_for_lexbor,
     _parse,
     _prescan_meta,
     _sniff_encoding,
@@ -475,3 +480,56 @@ def test_common_meta_charset_shortcut_agrees_with_the_prescan(head: bytes) -> No
     # the answer must be what the full prescan gives.
     body = b"<!DOCTYPE html><html><head>" + head + b"<title>t</title></head></html>"
     assert _sniff_encoding(body, None) == (_prescan_meta(body) or "utf-8", 0)
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"GLIBC_TUNABLES": "glibc.malloc.trim_threshold=0"}, {"MALLOC_TRIM_THRESHOLD_": "0"}],
+)
+def test_malloc_settings_leave_the_users_own_alone(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert _keep_heap_for_lexbor() is False
+
+
+def test_malloc_settings_are_made_on_glibc(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GLIBC_TUNABLES", raising=False)
+    for name in [n for n in os.environ if n.startswith("MALLOC_") and n.endswith("_")]:
+        monkeypatch.delenv(name)
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert _keep_heap_for_lexbor() is glibc
+
+
+def _sniff_meta_as_before(body: bytes) -> str:
+    """The <meta> step of _sniff_encoding as it was written first (lower() of a copy)."""
+    head = body[:2048]
+    at = head.lower().find(b"<meta")
+    if at >= 0:
+        if head.startswith(b'<meta charset="utf-8"', at) or head.startswith(
+            b'<meta charset="UTF-8"', at
+        ):
+            return "utf-8"
+        codec = _prescan_meta(head)
+        if codec is not None:
+            return codec
+    return "utf-8"
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.integers(min_value=0, max_value=2060),
+    st.lists(
+        st.sampled_from(
+            [b"<meta", b"<META", b"<MeTa", b' charset="utf-8"', b' charset="UTF-8"',
+             b'<meta charset="utf-8"', b' charset="koi8-r">', b"<meta charset=koi8-r>",
+             b">", b"<", b"x", b" ", b"<title>t</title>"]
+        ),
+        max_size=8,
+    ),
+)  # fmt: skip
+def test_meta_prescan_finds_what_it_found_before(padding: int, pieces: list[bytes]) -> None:
+    # Near the 2 KB limit too: a <meta> that starts inside it but ends after it.
+    body = b"x" * padding + b"".join(pieces)
+    assert _sniff_encoding(body, None) == (_sniff_meta_as_before(body), 0)

@@ -13,6 +13,7 @@ from crawler._urls import (
     _normalize,
     _split_base_cached,
     host_of,
+    normalize_links,
     normalize_url,
     origin_of,
     registrable_domain,
@@ -506,3 +507,62 @@ def test_relative_paths_resolve_like_canonical_inputs(ref: str) -> None:
         assert "/./" not in result.partition("?")[0]
         assert "/../" not in result.partition("?")[0]
         _check_result(result)
+
+
+_DOT_BASES = [
+    "http://example.com/",
+    "http://example.com/a",
+    "http://example.com/a/",
+    "http://example.com/a/b/c.html",
+    "http://example.com/a//b/",
+    "http://example.com//",
+    "http://example.com/.well-known/x/y",
+    "http://example.com/a/.../b/",
+    "http://example.com/a/b?q=1",
+]
+
+
+@_LIMITED
+@given(
+    st.lists(st.sampled_from([".", "..", "...", "", "a", "b.html", ".x"]), min_size=1, max_size=7),
+    st.sampled_from(_DOT_BASES),
+    st.sampled_from(["", "?y", "#f"]),
+)
+def test_relative_dot_segments_resolve_as_in_the_absolute_path(
+    segments: list[str], base: str, suffix: str
+) -> None:
+    # RFC 3986 5.2: a relative path is merged with the base's directory, then its dot
+    # segments are removed (5.2.4). The same path written as an absolute URL is the
+    # reference: the fast path's own handling of leading "./" and "../" must agree.
+    ref = "/".join(segments) + suffix
+    if not ref or ref[0] in "/?#":
+        return  # not a relative path: the base itself, or "//" naming another host
+    path = base.partition("?")[0].removeprefix("http://example.com")
+    directory = path[: path.rfind("/") + 1]
+    assert normalize_url(ref, base) == normalize_url("http://example.com" + directory + ref)
+
+
+@_LIMITED
+@given(
+    st.lists(st.one_of(urlish(), st.sampled_from(["a.html", "./a.html", "../a.html", "#x"]))),
+    st.one_of(
+        st.sampled_from(
+            ["http://example.com/a/b/c?q", "https://Example.com:8443/dir/", "mailto:x"]
+        ),
+        urlish(),
+    ),
+    st.one_of(st.none(), st.integers(min_value=-1, max_value=5)),
+    st.sampled_from([2083, 30]),
+)
+def test_normalize_links_is_the_loop_over_normalize_url(
+    refs: list[str], base: str, limit: int | None, max_length: int
+) -> None:
+    expected: dict[str, None] = {}
+    if limit is None or limit > 0:
+        for ref in refs:
+            link = normalize_url(ref, base, max_length=max_length)
+            if link is not None and link not in expected:
+                expected[link] = None
+                if limit is not None and len(expected) >= limit:
+                    break
+    assert normalize_links(refs, base, max_length=max_length, limit=limit) == tuple(expected)
