@@ -13,7 +13,7 @@ import trio
 from crawler._fetch import Fetched, Fetcher, _headers
 from crawler._page import ErrorKind
 from crawler._transport import TrioTransport
-from tests._rawserver import http_response, raw_server, responder
+from tests.web.core import http_response, raw_server, responder
 
 
 async def fetch_once(response: bytes, *, max_bytes: int, keep: bool = False) -> Fetched:
@@ -29,7 +29,7 @@ async def fetch_once(response: bytes, *, max_bytes: int, keep: bool = False) -> 
         )
         try:
             with trio.fail_after(5):
-                return await fetcher.fetch(server.url + "/page")
+                return await fetcher.fetch(server.url(0, "/page"))
         finally:
             await fetcher.aclose()
 

@@ -17,8 +17,8 @@ import trustme
 
 import crawler._transport as transport_module
 from crawler._transport import TrioTransport
-from tests._rawserver import Peer, RawServer
 from tests.test_transport import fetch, free_port, ok, open_fds
+from tests.web.core import Conn, Web
 
 HOST = "site.example"
 
@@ -64,35 +64,33 @@ class Trickle(trio.abc.Stream):
         await self.inner.aclose()
 
 
-Handler = Callable[[Peer, trio.SSLStream[trio.abc.Stream]], Awaitable[None]]
+Handler = Callable[[Conn, trio.SSLStream[trio.abc.Stream]], Awaitable[None]]
 
 
 @asynccontextmanager
 async def tls_server(
     ctx: ssl.SSLContext, handler: Handler, *, piece: int | None = None
-) -> AsyncIterator[RawServer]:
-    """A TLS server whose handler gets the TLS stream itself, so that it can send a
-    close_notify (``aclose``) or drop the TCP connection under it (``abort``)."""
-    server = RawServer()
+) -> AsyncIterator[Web]:
+    """A TLS server (the test web's raw connections) whose handler gets the TLS stream
+    itself, so that it can send a close_notify (``aclose``) or drop the TCP connection
+    under it (``abort``); ``piece``: the TCP stream under TLS trickles."""
+
+    async def handle(conn: Conn) -> None:
+        assert isinstance(conn.stream, trio.SSLStream)
+        await handler(conn, conn.stream)
+
+    web = Web(handler=handle)
 
     async def on_connection(tcp: trio.SocketStream) -> None:
-        server.connections += 1
-        server._opened(+1)
         transport: trio.abc.Stream = tcp if piece is None else Trickle(tcp, piece)
         tls = trio.SSLStream(transport, ctx, server_side=True, https_compatible=True)
-        try:
-            await handler(Peer(tls, server), tls)
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        finally:
-            server._opened(-1)
-            await trio.aclose_forcefully(tcp)
+        await web._connection(0, tls)
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, on_connection, 0, host="127.0.0.1"))
-        server.port = listeners[0].socket.getsockname()[1]
+        web.ports = [listeners[0].socket.getsockname()[1]]
         try:
-            yield server
+            yield web
         finally:
             nursery.cancel_scope.cancel()
 
@@ -100,7 +98,7 @@ async def tls_server(
 def answer(*responses: bytes) -> Handler:
     """Answer each request on the connection with ``responses`` (the last repeated)."""
 
-    async def handle(peer: Peer, tls: trio.SSLStream[trio.abc.Stream]) -> None:
+    async def handle(peer: Conn, tls: trio.SSLStream[trio.abc.Stream]) -> None:
         served = 0
         while await peer.read_request() is not None:
             await peer.send(responses[min(served, len(responses) - 1)])
@@ -116,7 +114,7 @@ def tls_transport(ca: trustme.CA, **options: object) -> TrioTransport:
     return TrioTransport(**options)  # type: ignore[arg-type]
 
 
-def url(server: RawServer, path: str = "/") -> str:
+def url(server: Web, path: str = "/") -> str:
     return f"https://127.0.0.1:{server.port}{path}"
 
 
@@ -189,7 +187,7 @@ async def test_idle_connection_with_decrypted_bytes_pending_is_not_reused(
 
 @pytest.mark.parametrize("notify", [True, False], ids=["close_notify", "abrupt"])
 async def test_close_mid_body_is_a_read_error(ca: trustme.CA, notify: bool) -> None:
-    async def cut(peer: Peer, tls: trio.SSLStream[trio.abc.Stream]) -> None:
+    async def cut(peer: Conn, tls: trio.SSLStream[trio.abc.Stream]) -> None:
         await peer.read_request()
         await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 5000)
         if notify:
@@ -211,7 +209,7 @@ async def test_close_mid_body_is_a_read_error(ca: trustme.CA, notify: bool) -> N
 async def test_close_delimited_body_ends_at_close(ca: trustme.CA, notify: bool) -> None:
     # As with trio.SSLStream(https_compatible=True): an EOF without close_notify ends
     # a body that only the close delimits (servers commonly skip close_notify).
-    async def until_close(peer: Peer, tls: trio.SSLStream[trio.abc.Stream]) -> None:
+    async def until_close(peer: Conn, tls: trio.SSLStream[trio.abc.Stream]) -> None:
         await peer.read_request()
         await peer.send(b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n" + b"y" * 50_000)
         if notify:
@@ -230,7 +228,7 @@ async def test_close_delimited_body_ends_at_close(ca: trustme.CA, notify: bool) 
 
 
 async def test_idle_connection_closed_with_close_notify_is_not_reused(ca: trustme.CA) -> None:
-    async def once(peer: Peer, tls: trio.SSLStream[trio.abc.Stream]) -> None:
+    async def once(peer: Conn, tls: trio.SSLStream[trio.abc.Stream]) -> None:
         await peer.read_request()
         await peer.send(ok())
         await tls.aclose()
@@ -351,9 +349,9 @@ async def test_other_streams_still_get_tls(ca: trustme.CA) -> None:
 
 
 async def test_get_over_tls_pools_and_cancels_cleanly(ca: trustme.CA) -> None:
-    async def slow(peer: Peer, tls: trio.SSLStream[trio.abc.Stream]) -> None:
+    async def slow(peer: Conn, tls: trio.SSLStream[trio.abc.Stream]) -> None:
         while (request := await peer.read_request()) is not None:
-            if request.target == b"/slow":
+            if request.path == "/slow":
                 await peer.send(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc")
                 await peer.wait_eof()
                 return
