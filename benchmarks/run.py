@@ -165,6 +165,14 @@ class Measured:
     """What `stop_when` returned, and when (``stopped_after``, seconds)."""
 
 
+STOP_GRACE = 15.0
+"""Seconds a crawler told to stop gets before the next, harder signal."""
+
+
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def measure(
     cmd: Sequence[str],
     stderr_path: Path,
@@ -180,7 +188,15 @@ def measure(
     with open(stderr_path, "wb") as err:
         start = time.perf_counter()
         proc = subprocess.Popen(
-            cmd, cwd=ROOT, env=child_env(), stdin=subprocess.DEVNULL, stdout=err, stderr=err
+            cmd,
+            cwd=ROOT,
+            env=child_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=err,
+            stderr=err,
+            # Started from a background shell, SIGINT is ignored and a Python child then
+            # never turns it into KeyboardInterrupt: give the child the default back.
+            preexec_fn=_default_sigint,
         )
         done = threading.Event()
 
@@ -196,6 +212,11 @@ def measure(
                 if found is not None:
                     extra.update(found, stopped_after=time.perf_counter() - start)
                     proc.send_signal(signal.SIGINT)
+                    # A crawler that does not stop on SIGINT gets SIGTERM, then SIGKILL.
+                    for escalate in (signal.SIGTERM, signal.SIGKILL):
+                        if done.wait(STOP_GRACE):
+                            return
+                        proc.send_signal(escalate)
                     return
 
         guard = threading.Thread(target=watchdog, daemon=True)

@@ -24,6 +24,7 @@ from ._config import CrawlConfig, HostLimits, _check_number
 from ._durable import DurableBackend
 from ._fetch import Fetched, Fetcher
 from ._frontier import Request
+from ._links import keep_heap_for_parsing
 from ._memory import MemoryBackend
 from ._page import Page, PageError, Statistics
 from ._retry import Action, judge, redirect_target, retry_delay
@@ -43,6 +44,7 @@ class Crawl:
         backend: FrontierBackend | None = None,
     ) -> None:
         self.config = config
+        keep_heap_for_parsing()
         if backend is None:
             if store is not None or config.state is not None:
                 backend = DurableBackend(config, store)

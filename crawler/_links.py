@@ -161,7 +161,17 @@ def _keep_heap_for_lexbor() -> bool:
     return all(mallopt(option, value) == 1 for option, value in _MALLOC_SETTINGS)
 
 
-_HEAP_KEPT = _keep_heap_for_lexbor()
+_heap_kept: bool | None = None
+
+
+def keep_heap_for_parsing() -> None:
+    """Called when a crawl starts (not at import: a program that only imports the
+    library keeps its allocator as it is); once per process."""
+    global _heap_kept
+    if _heap_kept is None:
+        _heap_kept = _keep_heap_for_lexbor()
+
+
 _LINK_SELECTOR = "a, area, link, frame, iframe"
 _ROBOTS_SPLIT = re.compile(r"[\s,]+")
 

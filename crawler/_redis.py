@@ -842,6 +842,9 @@ local lease, worker = tonumber(ARGV[3]), ARGV[4]
 local now = clock()
 local expires = fmt(now + lease)
 local lost = {}
+-- A lease that expired is void, whoever notices first: recovered here as by a claim
+-- (renewing it would depend on whether a claim happened to run first).
+recover(now, %(recover)d)
 for _, id in ipairs(ids) do
   local v = redis.call('HGET', K_LEASED, id)
   if v then
@@ -966,7 +969,7 @@ CLAIM_LUA = _script(
     _CLAIM, recover=RECOVER_PER_CLAIM, promote=PROMOTE_PER_CLAIM, examine=EXAMINE_PER_CLAIM
 )
 SETTLE_LUA = _script(_SETTLE)
-RENEW_LUA = _script(_RENEW)
+RENEW_LUA = _script(_RENEW, recover=RECOVER_PER_CLAIM)
 JOIN_LUA = _script(_JOIN)
 STATUS_LUA = _script(_STATUS)
 PAUSE_LUA = _script(_PAUSE)
