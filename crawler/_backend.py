@@ -161,3 +161,20 @@ class FrontierBackend(Protocol):
 
     def figures(self) -> Figures:
         """The frontier's side of a statistics snapshot."""
+
+
+class EngineParts:
+    """What a backend keeps of the engine it serves, from `attach` (one place for it)."""
+
+    _engine: Engine
+    _fetcher: Fetcher
+    _global: trio.CapacityLimiter
+    _requests: trio.MemorySendChannel[Request]
+    _counts: Counts
+
+    def attach(self, engine: Engine) -> None:
+        self._engine = engine
+        self._fetcher = engine.fetcher
+        self._global = engine.global_limiter
+        self._requests = engine.requests
+        self._counts = engine.counts

@@ -14,9 +14,8 @@ from collections.abc import Mapping
 
 import trio
 
-from ._backend import Counts, Engine, Figures, Links
+from ._backend import EngineParts, Figures, Links
 from ._config import CrawlConfig, HostLimits
-from ._fetch import Fetcher
 from ._frontier import Frontier, Host, Request
 from ._page import HostStatistics, Page
 from ._retry import Verdict, retry_delay
@@ -31,7 +30,7 @@ DISPATCH_BATCH = 64
 """Most requests a dispatcher hands to idle workers in one turn, without yielding."""
 
 
-class MemoryBackend:
+class MemoryBackend(EngineParts):
     """The default frontier: everything in memory, gone with the process."""
 
     def __init__(self, config: CrawlConfig, *, seen_cache: int | None = None) -> None:
@@ -45,13 +44,6 @@ class MemoryBackend:
         self._stopping = False
         self._paused = False
         self._rng = random.Random()
-
-    def attach(self, engine: Engine) -> None:
-        self._engine = engine
-        self._fetcher: Fetcher = engine.fetcher
-        self._global: trio.CapacityLimiter = engine.global_limiter
-        self._requests: trio.MemorySendChannel[Request] = engine.requests
-        self._counts: Counts = engine.counts
 
     async def open(self) -> None:
         pass

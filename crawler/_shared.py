@@ -36,9 +36,8 @@ from typing import Any, Literal
 import trio
 
 from ._admission import Admission
-from ._backend import Counts, Engine, Figures, Links
+from ._backend import EngineParts, Figures, Links
 from ._config import CrawlConfig, HostLimits
-from ._fetch import Fetcher
 from ._frontier import Request
 from ._page import ErrorKind, Exchange, HostStatistics, Page, PageError
 from ._redis import (
@@ -235,7 +234,7 @@ class _Admitted:
         return op
 
 
-class RedisBackend:
+class RedisBackend(EngineParts):
     """This worker's side of a shared crawl.
 
     In `statistics()`, pages, errors, bytes, redirects, disallowed and dropped count
@@ -283,13 +282,6 @@ class RedisBackend:
         self._status: SharedStatus | None = None
         self._status_at = -float("inf")
         self._want_status = trio.Event()
-
-    def attach(self, engine: Engine) -> None:
-        self._engine = engine
-        self._fetcher: Fetcher = engine.fetcher
-        self._global: trio.CapacityLimiter = engine.global_limiter
-        self._requests: trio.MemorySendChannel[Request] = engine.requests
-        self._counts: Counts = engine.counts
 
     # -- joining ------------------------------------------------------------------------
 
