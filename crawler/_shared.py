@@ -623,7 +623,7 @@ class RedisBackend(EngineParts):
         admitted = _Admitted()
         if links is not None:
             self._admit(links.urls, links.depth, admitted, sitemap=links.sitemap, normalized=True)
-        op: dict[str, Any] = {
+        done: dict[str, Any] = {
             "k": "done",
             "l": claim.lease,
             "o": claim.origin,
@@ -631,29 +631,24 @@ class RedisBackend(EngineParts):
             "page": 1,
             "bytes": len(page.body),
         }
-        self._bounds(op)
         if page.error is not None:
-            op["err"] = str(page.error.kind)
-        self._politeness(admitted.into(op), lease)
+            done["err"] = str(page.error.kind)
         if self.results == "redis":
             from ._output import page_to_json
 
+            op = self._bounds(self._politeness(admitted.into(done), lease))
             op["res"] = json.dumps(page_to_json(page), separators=(",", ":"))
             if await self._finish(claim.lease, op):
                 self._count(page, admitted)
                 await self._engine.hand_over(page)
             return
-        # Local results: the lease is completed only once the consumer is done with the
-        # page; the host's token, the response's politeness and the links go now, or a
-        # slow consumer would hold the host back (and its Retry-After).
-        free = self._politeness(
-            admitted.into({"k": "free", "l": claim.lease, "o": claim.origin}), lease
-        )
-        self._bounds(free)
+        # Local results: the lease is completed (`done`) only once the consumer is done
+        # with the page; the host's token, the response's politeness and the links go
+        # now, or a slow consumer would hold the host back (and its Retry-After).
+        free = {"k": "free", "l": claim.lease, "o": claim.origin}
+        free = self._bounds(self._politeness(admitted.into(free), lease))
         lease.applied = True
-        for key in ("links", "hosts", "drops", "pause", "health", "started", "max", "cap", "mq"):
-            op.pop(key, None)
-        lease.final = op
+        lease.final = done
         lease.free = free
         self._completions.append(free)
         self._send_now.set()
