@@ -2,6 +2,7 @@
 
     python benchmarks/crawl_ours.py SEED [SEED ...] -o out.jsonl \\
         [--concurrency 32] [--per-host 32] [--rate 0] [--burst 1] [--max-pages N]
+        [--parse-processes N]
 
 The benchmark's "ours" is the real ``crawl`` command. This script runs the same crawl
 through ``crawler.open_crawl`` and writes each page (url, status, title, links) with a
@@ -23,6 +24,7 @@ import trio
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import crawler
+from crawler._parsepool import default_parse_processes
 
 
 async def crawl(args: argparse.Namespace, out: IO[str]) -> None:
@@ -34,6 +36,7 @@ async def crawl(args: argparse.Namespace, out: IO[str]) -> None:
         burst=args.burst,
         max_pages=args.max_pages,
         obey_robots=True,
+        parse_processes=args.parse_processes,
     )
     async with crawler.open_crawl(config) as pages:
         async for page in pages:
@@ -58,6 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--rate", type=float, default=0.0, help="requests/s per host, 0 = none")
     p.add_argument("--burst", type=int, default=1)
     p.add_argument("--max-pages", type=int, default=None)
+    p.add_argument(
+        "--parse-processes",
+        type=int,
+        default=default_parse_processes(),
+        help="as the crawl command's (default: the same, 1 on 2 or more cores)",
+    )
     args = p.parse_args(argv)
     with open(args.output, "w", encoding="utf-8") as out:
         trio.run(crawl, args, out)

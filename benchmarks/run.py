@@ -998,6 +998,8 @@ def _category(frames: Sequence[tuple[str, str]]) -> str:
             return _OUTPUT
         if func == "parse_html":
             return _PARSE
+        if file == "crawler/_parsepool.py" or file.startswith("trio/_unix_pipes"):
+            return "handing pages to the parse process and back (_parsepool, pipes)"
         if file in ("crawler/_robots.py", "crawler/_decode.py") or file.startswith("protego"):
             return "robots.txt, decoding"
     for func, file in reversed(frames):  # otherwise the innermost recognisable layer
@@ -1053,7 +1055,8 @@ def _pyspy_report(raw: Path, top: int, *, brief: bool = False) -> str:
         return [*rows, ""]
 
     lines = [
-        f"py-spy, {samples} samples of the crawling process while on CPU (idle waits excluded)",
+        f"py-spy, {samples} samples of the crawling process while on CPU (idle waits excluded;"
+        " its parse process, if any, is not sampled)",
         "",
         *table("Where the CPU goes (each sample charged to one layer)", categories, 80),
         *([] if brief else table("Self time by module (the leaf frame's file)", by_module, 60)),

@@ -10,7 +10,7 @@ import httpx
 
 from ._config import CrawlConfig
 from ._fetch import Fetched
-from ._links import is_html, parse_html
+from ._links import ParsedPage, is_html, parse_html
 from ._page import Exchange, Page, PageError
 from ._sitemaps import parse_sitemap
 from ._urls import normalize_url
@@ -29,6 +29,21 @@ class LinkKind(enum.Enum):
     """Nothing to follow (a redirect chain ended here: the links name its target)."""
 
 
+def html_to_parse(
+    fetched: Fetched | None,
+    error: PageError | None,
+    redirect_target: str | None = None,
+    sitemap: bool = False,
+) -> Fetched | None:
+    """The fetch whose body `build_page` parses as HTML, if it does."""
+    if redirect_target is not None or sitemap or fetched is None or error is not None:
+        return None
+    status = fetched.status
+    if status is None or not 200 <= status < 300:
+        return None
+    return fetched if is_html(fetched.headers.get("content-type")) else None
+
+
 def build_page(
     config: CrawlConfig,
     *,
@@ -40,8 +55,12 @@ def build_page(
     redirect_target: str | None = None,
     sitemap: bool = False,
     exchanges: Iterable[Exchange] = (),
+    parsed: ParsedPage | None = None,
 ) -> tuple[Page, LinkKind]:
-    """The Page for a fetch (or a failure with no fetch), with its title and links."""
+    """The Page for a fetch (or a failure with no fetch), with its title and links.
+
+    `parsed`: the body parsed already (by a parse process), when `html_to_parse` said
+    it is to be; otherwise it is parsed here."""
     title: str | None = None
     links: tuple[str, ...] = ()
     kind = LinkKind.PAGE
@@ -57,20 +76,15 @@ def build_page(
         canonical = (normalize_url(loc, max_length=limit) for loc in locs)
         links = tuple(dict.fromkeys(u for u in canonical if u is not None))
         kind = LinkKind.SITEMAP_INDEX if is_index else LinkKind.SITEMAP
-    elif (
-        fetched is not None
-        and error is None
-        and status is not None
-        and 200 <= status < 300
-        and is_html(content_type)
-    ):
-        parsed = parse_html(
-            body,
-            url,
-            content_type,
-            max_links=config.max_links_per_page,
-            max_url_length=config.max_url_length,
-        )
+    elif parsed is not None or html_to_parse(fetched, error):
+        if parsed is None:
+            parsed = parse_html(
+                body,
+                url,
+                content_type,
+                max_links=config.max_links_per_page,
+                max_url_length=config.max_url_length,
+            )
         title, links = parsed.title, parsed.links
     page = Page(
         url=first_url,

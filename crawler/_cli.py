@@ -38,6 +38,7 @@ from ._engine import Crawl, open_crawl
 from ._logs import log_page, setup_logging
 from ._output import JsonLinesWriter, OutputError, WarcWriter
 from ._page import Statistics
+from ._parsepool import default_parse_processes
 from ._redis import DEFAULT_LEASE, SharedCrawlError, check_crawl_id, check_worker_id
 from ._report import format_shared_status, format_state_status, print_summary, show_progress
 from ._shield import hurry, threads_running
@@ -333,6 +334,10 @@ def _options(args: argparse.Namespace) -> Options:
         overrides["keep_exchanges"] = True
     labels = {"seeds": "SEED"}
     try:
+        if args.parse_processes is None and not (
+            args.config and "parse_processes" in read_config_file(args.config)
+        ):
+            overrides["parse_processes"] = default_parse_processes()
         try:
             config = CrawlConfig.from_toml(args.config, labels=labels, **overrides)
         except NoSeeds:

@@ -19,14 +19,15 @@ import httpx
 import trio
 
 from ._backend import Counts, FrontierBackend, Links
-from ._build import LinkKind, build_page
+from ._build import LinkKind, build_page, html_to_parse
 from ._config import CrawlConfig, HostLimits, _check_number
 from ._durable import DurableBackend
 from ._fetch import Fetched, Fetcher
 from ._frontier import Request
-from ._links import keep_heap_for_parsing
+from ._links import ParsedPage, keep_heap_for_parsing
 from ._memory import MemoryBackend
-from ._page import Page, PageError, Statistics
+from ._page import ErrorKind, Page, PageError, Statistics
+from ._parsepool import ParsePool, ParserCrashed
 from ._retry import Action, judge, redirect_target, retry_delay
 from ._state import StateStore
 from ._unexpected import ends_crawl, unexpected_error
@@ -52,6 +53,7 @@ class Crawl:
                 backend = MemoryBackend(config)
         self.backend = backend
         self.fetcher = Fetcher.for_config(config, transport)
+        self.parser = ParsePool(config.parse_processes) if config.parse_processes else None
         self.global_limiter = trio.CapacityLimiter(config.concurrency)
         self.requests, self._requests_recv = trio.open_memory_channel[Request](0)
         self._results_send, self._results_recv = trio.open_memory_channel[Page](
@@ -291,16 +293,32 @@ class Crawl:
         """Build the page, settle it with the backend (its links, its count), which
         hands it to the consumer."""
         config = self.config
+        error = error or request.error
+        parsed: ParsedPage | None = None
+        if self.parser is not None:
+            html = html_to_parse(fetched, error, request.redirect_target, request.sitemap)
+            if html is not None:
+                try:
+                    parsed = await self.parser.parse(
+                        html.body,
+                        request.url,
+                        html.headers.get("content-type"),
+                        max_links=config.max_links_per_page,
+                        max_url_length=config.max_url_length,
+                    )
+                except ParserCrashed as exc:
+                    error = PageError(ErrorKind.OTHER, str(exc))
         page, kind = build_page(
             config,
             first_url=request.first_url,
             url=request.url,
             depth=request.depth,
             fetched=fetched,
-            error=error or request.error,
+            error=error,
             redirect_target=request.redirect_target,
             sitemap=request.sitemap,
             exchanges=request.exchanges,
+            parsed=parsed,
         )
         links: Links | None = None
         if kind is LinkKind.PAGE:
@@ -348,6 +366,8 @@ async def open_crawl(
             await crawl.fetcher.aclose()
             raise
         async with trio.open_nursery() as nursery:
+            if crawl.parser is not None:
+                await nursery.start(crawl.parser.run, name="crawl parse processes")
             await nursery.start(crawl.backend.serve, name="crawl frontier")
             await nursery.start(crawl._run, name="crawl")
             try:

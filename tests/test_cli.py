@@ -20,7 +20,7 @@ from typing import IO, Any
 import pytest
 import trio
 
-from crawler._cli import build_config, main, parse_args
+from crawler._cli import UsageError, build_config, main, parse_args
 from crawler._config import (
     DEFAULT_USER_AGENT,
     OPTIONS,
@@ -31,6 +31,7 @@ from crawler._config import (
 )
 from crawler._logs import JsonFormatter, _record_fields
 from crawler._page import ErrorKind
+from crawler._parsepool import default_parse_processes
 from crawler._version import __version__
 from tests.test_output import SCHEMA_KEYS
 from tests.web.core import RequestRecord, http_response, raw_server, responder
@@ -89,7 +90,35 @@ def assert_one_error_line(result: Result, *needles: str) -> None:
 
 
 def test_defaults_come_from_crawl_config() -> None:
-    assert build_config(["http://example.com/"]) == CrawlConfig(seeds=("http://example.com/",))
+    # Except one: the command parses HTML in a child process when it has a core to spare.
+    assert build_config(["http://example.com/"]) == CrawlConfig(
+        seeds=("http://example.com/",), parse_processes=default_parse_processes()
+    )
+
+
+def test_parse_processes_default_and_overrides(tmp_path: Path) -> None:
+    seed = "http://example.com/"
+    assert build_config([seed, "--parse-processes", "0"]).parse_processes == 0
+    assert build_config([seed, "--parse-processes=2"]).parse_processes == 2
+    config_file = tmp_path / "crawl.toml"
+    config_file.write_text("parse_processes = 0\n")
+    assert build_config([seed, "--config", str(config_file)]).parse_processes == 0
+    config_file.write_text("rate = 2\n")
+    assert (
+        build_config([seed, "--config", str(config_file)]).parse_processes
+        == default_parse_processes()
+    )
+    with pytest.raises(UsageError, match="parse-processes"):
+        build_config([seed, "--parse-processes=-1"])
+
+
+def test_default_parse_processes_follows_the_cores_we_may_use(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_parse_processes() == 0
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    assert default_parse_processes() == 1
 
 
 def test_every_flag_maps_onto_crawl_config(tmp_path: Path) -> None:
@@ -113,6 +142,7 @@ def test_every_flag_maps_onto_crawl_config(tmp_path: Path) -> None:
             "--retries=5",
             "--max-bytes=1000",
             "--timeout=2.5",
+            "--parse-processes=0",
             f"--state={tmp_path}",
             "--warc=x.warc.gz",
         ]
@@ -136,6 +166,7 @@ def test_every_flag_maps_onto_crawl_config(tmp_path: Path) -> None:
         timeout=2.5,
         state=tmp_path,
         keep_exchanges=True,
+        parse_processes=0,
     )
 
 
