@@ -34,14 +34,17 @@ def html_to_parse(
     error: PageError | None,
     redirect_target: str | None = None,
     sitemap: bool = False,
-) -> Fetched | None:
-    """The fetch whose body `build_page` parses as HTML, if it does."""
-    if redirect_target is not None or sitemap or fetched is None or error is not None:
+) -> str | None:
+    """The Content-Type of the body `build_page` parses as HTML; None if it parses none."""
+    if redirect_target is not None or sitemap or fetched is None:
         return None
+    content_type = fetched.headers.get("content-type")
+    return content_type if _is_html_page(fetched, error, content_type) else None
+
+
+def _is_html_page(fetched: Fetched, error: PageError | None, content_type: str | None) -> bool:
     status = fetched.status
-    if status is None or not 200 <= status < 300:
-        return None
-    return fetched if is_html(fetched.headers.get("content-type")) else None
+    return error is None and status is not None and 200 <= status < 300 and is_html(content_type)
 
 
 def build_page(
@@ -76,7 +79,9 @@ def build_page(
         canonical = (normalize_url(loc, max_length=limit) for loc in locs)
         links = tuple(dict.fromkeys(u for u in canonical if u is not None))
         kind = LinkKind.SITEMAP_INDEX if is_index else LinkKind.SITEMAP
-    elif parsed is not None or html_to_parse(fetched, error):
+    elif parsed is not None or (
+        fetched is not None and _is_html_page(fetched, error, content_type)
+    ):
         if parsed is None:
             parsed = parse_html(
                 body,

@@ -295,14 +295,14 @@ class Crawl:
         config = self.config
         error = error or request.error
         parsed: ParsedPage | None = None
-        if self.parser is not None:
-            html = html_to_parse(fetched, error, request.redirect_target, request.sitemap)
-            if html is not None:
+        if self.parser is not None and fetched is not None:
+            content_type = html_to_parse(fetched, error, request.redirect_target, request.sitemap)
+            if content_type is not None:
                 try:
                     parsed = await self.parser.parse(
-                        html.body,
+                        fetched.body,
                         request.url,
-                        html.headers.get("content-type"),
+                        content_type,
                         max_links=config.max_links_per_page,
                         max_url_length=config.max_url_length,
                     )
