@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import os
 import struct
-import subprocess
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -261,29 +260,15 @@ def test_parse_processes_is_checked() -> None:
 
 async def test_a_killed_crawl_takes_its_parse_process_with_it(tmp_path: Path) -> None:
     """kill -9 of the crawl: the child sees its input end and exits (no orphan)."""
+    from tests.test_cli import start_crawl
     from tests.web.routes import open_site_server
 
     async with open_site_server(ports=1, pages=200) as server:
         with trio.fail_after(DEADLINE):
-            process = await trio.lowlevel.open_process(
-                [
-                    sys.executable,
-                    "-m",
-                    "crawler",
-                    server.url(0),
-                    "--rate",
-                    "5",
-                    "-q",
-                    "--parse-processes",
-                    "1",
-                    "-o",
-                    str(tmp_path / "out.jsonl"),
-                ],
-                cwd=ROOT,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
+            running = await start_crawl(
+                tmp_path, server.url(0), "--rate", "5", "-q", "--parse-processes", "1"
             )
+            process = running.process
             try:
                 children: list[int] | None = []
                 while children == []:
