@@ -121,7 +121,7 @@ class CrawlConfig:
     and holds that many more pages in memory (a sitemap page carries 50,000 links)."""
     parse_processes: int = 0
     """Child processes that parse HTML pages while this one fetches (see `_parsepool`):
-    on a machine with a core to spare, 1 makes a fast crawl ~1.3x faster. 0 parses in
+    on a machine with a core to spare, 1 makes a fast crawl ~1.25x faster. 0 parses in
     the crawl's own process, which an embedding program may prefer (no processes)."""
     keep_exchanges: bool = False
     """Keep raw request/response bytes on each Page (needed for WARC output)."""
