@@ -263,13 +263,13 @@ class Crawl:
             request.resent = True
             await backend.requeue(request, resend=True)  # through the frontier: a rate slot
             return
-        if action is Action.RETRY_NOW:
+        if action is Action.RETRY_NOW or action is Action.RETRY_LATER:
+            later = action is Action.RETRY_LATER
+            delay = retry_delay(request.attempt, self._rng) if later else None
             request.attempt += 1
-            await backend.requeue(request)
-            return
-        if action is Action.RETRY_LATER:
-            delay = retry_delay(request.attempt, self._rng)
-            request.attempt += 1
+            # The free resend after a lost keep-alive connection is one per attempt: a
+            # race met before an earlier attempt says nothing of this one.
+            request.resent = False
             await backend.requeue(request, delay=delay)
             return
         if action is Action.REDIRECT and await self._follow_redirect(request, fetched):

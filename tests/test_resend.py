@@ -101,3 +101,36 @@ async def test_a_lost_keep_alive_connection_costs_a_rate_slot_not_an_attempt(
     times = [when for when, _ in hits]
     # One request a second, the resends included.
     assert min(later - earlier for earlier, later in itertools.pairwise(times)) >= 1.0 - 1e-9
+
+
+async def test_each_attempt_has_its_own_free_resend(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    """A keep-alive race before the first attempt does not make a race before the
+    second one count as the URL's failure (the server sees every attempt it is owed)."""
+    import httpx
+
+    from crawler._transport import StaleConnection
+
+    origin = "http://a.test"
+    answers: list[int | str] = ["stale", 500, "stale", 200]
+    seen: list[int | str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/":
+            answer = answers.pop(0)
+            seen.append(answer)
+            if answer == "stale":
+                raise StaleConnection("server closed the keep-alive connection", request=request)
+            assert isinstance(answer, int)
+            return httpx.Response(answer, html="<title>t</title>")
+        return httpx.Response(404)
+
+    config = crawler.CrawlConfig(
+        seeds=(f"{origin}/",), rate=0, per_host=1, retries=1, obey_robots=False
+    )
+    with trio.fail_after(60):
+        async with crawler.open_crawl(config, transport=httpx.MockTransport(handle)) as crawl:
+            pages = [page async for page in crawl]
+    assert seen == ["stale", 500, "stale", 200]
+    assert [(page.status, page.error) for page in pages] == [(200, None)]
