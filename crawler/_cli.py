@@ -333,20 +333,22 @@ def _options(args: argparse.Namespace) -> Options:
     if args.warc is not None:
         overrides["keep_exchanges"] = True
     labels = {"seeds": "SEED"}
+    # The command's own default: a config file or the flag still wins.
+    defaults = {"parse_processes": default_parse_processes()}
     try:
-        if args.parse_processes is None and not (
-            args.config and "parse_processes" in read_config_file(args.config)
-        ):
-            overrides["parse_processes"] = default_parse_processes()
         try:
-            config = CrawlConfig.from_toml(args.config, labels=labels, **overrides)
+            config = CrawlConfig.from_toml(
+                args.config, labels=labels, defaults=defaults, **overrides
+            )
         except NoSeeds:
             if args.redis is None:
                 where = f" or seeds = [...] in {args.config}" if args.config else ""
                 raise UsageError(f"no seed URL given (pass SEED arguments{where})") from None
             # A worker may join the crawl that others seeded.
             overrides.update(seeds=(), stay_open=True)
-            config = CrawlConfig.from_toml(args.config, labels=labels, **overrides)
+            config = CrawlConfig.from_toml(
+                args.config, labels=labels, defaults=defaults, **overrides
+            )
     except ConfigError as exc:
         raise UsageError(str(exc)) from None
     if args.redis is not None and config.state is not None:

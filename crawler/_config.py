@@ -230,16 +230,19 @@ class CrawlConfig:
         /,
         *,
         labels: Mapping[str, str] | None = None,
+        defaults: Mapping[str, Any] | None = None,
         **overrides: Any,
     ) -> CrawlConfig:
-        """Defaults < the TOML file at `path` (None: no file) < `overrides` (None ones ignored).
+        """CrawlConfig's defaults < `defaults` (a caller's own, such as the command's) <
+        the TOML file at `path` (None: no file) < `overrides` (None ones ignored).
 
         A bad value raises ConfigError naming where it came from: the file, or an override's
         label (`labels`, else the setting's flag in OPTIONS). NoSeeds when nothing names a
         seed and the crawl does not stay open."""
         file = os.fspath(path) if path is not None else None
-        data = read_config_file(file) if file is not None else {}
-        origins = dict.fromkeys(data, "file")
+        read = read_config_file(file) if file is not None else {}
+        origins = dict.fromkeys(read, "file")
+        data = {**(defaults or {}), **read}
         for name, value in overrides.items():
             if value is None:
                 continue
