@@ -1127,6 +1127,25 @@ class _Settling:
     code: int | None = None
 
 
+def _admission_spec(
+    scope: Sequence[str],
+    links: Sequence[Sequence[object]],
+    hosts: Sequence[Sequence[object]],
+    max_pages: int | None,
+    max_host_queue: int,
+    max_queued: int | None,
+) -> dict[str, Any]:
+    """What the join and add scripts both take: URLs, their hosts, and the bounds."""
+    return {
+        "scope": list(scope),
+        "links": [list(link) for link in links],
+        "hosts": [list(host) for host in hosts],
+        "max": -1 if max_pages is None else max_pages,
+        "cap": max_host_queue,
+        "mq": -1 if max_queued is None else max_queued,
+    }
+
+
 class RedisFrontier:
     """One crawl's shared state in Redis, seen from one worker.
 
@@ -1192,12 +1211,7 @@ class RedisFrontier:
         Returns (the crawl's settings, scope version, seeds newly queued, pending)."""
         spec = {
             "settings": json.dumps(settings, sort_keys=True),
-            "scope": list(scope),
-            "links": [list(link) for link in links],
-            "hosts": [list(host) for host in hosts],
-            "max": -1 if max_pages is None else max_pages,
-            "cap": max_host_queue,
-            "mq": -1 if max_queued is None else max_queued,
+            **_admission_spec(scope, links, hosts, max_pages, max_host_queue, max_queued),
         }
         raw = cast(list[str], await self._call(self._join, _dumps(spec), self.worker_id))
         return json.loads(raw[0]), int(raw[1]), int(raw[2]), int(raw[3])
@@ -1222,12 +1236,7 @@ class RedisFrontier:
         the order given. Returns how many URLs were new (queued). Adding to a crawl that
         is over (see `finished_pages`) queues the URLs, for workers still running."""
         spec = {
-            "scope": list(scope),
-            "links": [list(link) for link in links],
-            "hosts": [list(host) for host in hosts],
-            "max": -1 if max_pages is None else max_pages,
-            "cap": max_host_queue,
-            "mq": -1 if max_queued is None else max_queued,
+            **_admission_spec(scope, links, hosts, max_pages, max_host_queue, max_queued),
             "front": bool(front),
         }
         raw = cast(list[str], await self._call(self._add, _dumps(spec)))
